@@ -1,0 +1,404 @@
+"""The SQLite catalog: datasets, versions, file entries (with the stat cache) and the outbox.
+
+File entries carry the range of versions they belong to (``from_seq`` inclusive, ``to_seq``
+exclusive, NULL while current), so a version costs rows in proportion to its changes, and
+the manifest of any version is one indexed query. WAL mode with ``synchronous=FULL``: a
+version and its outbox rows are durable together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+from daemon.errors import CatalogError, VersionNotFoundError
+from daemon.manifest import FileState
+from daemon.outbox import OutboxMessage, PendingMessage
+from schemas.events import FileChange
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    root TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    marker_stat TEXT
+);
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY,
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    seq INTEGER NOT NULL,
+    version_id TEXT NOT NULL,
+    parent_seq INTEGER,
+    parent_version_id TEXT,
+    created_at TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    added INTEGER NOT NULL,
+    modified INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    UNIQUE (dataset_id, seq)
+);
+CREATE TABLE IF NOT EXISTS entries (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    from_seq INTEGER NOT NULL,
+    to_seq INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_current ON entries(dataset_id, path) WHERE to_seq IS NULL;
+CREATE INDEX IF NOT EXISTS entries_from ON entries(dataset_id, from_seq);
+CREATE INDEX IF NOT EXISTS entries_to ON entries(dataset_id, to_seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE delivered_at IS NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRow:
+    id: int
+    name: str
+    root: str
+    marker_stat: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    dataset: str
+    seq: int
+    version_id: str
+    parent_seq: int | None
+    parent_version_id: str | None
+    created_at: datetime
+    files: int
+    bytes: int
+    added: int
+    modified: int
+    removed: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSummary:
+    name: str
+    root: str
+    versions: int
+    latest: VersionRow | None
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class Catalog:
+    """One connection to the catalog; open one per thread."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                if not path.exists():
+                    raise CatalogError(f"no catalog at {path}: run `strandline scan` or `strandline watch` first")
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._migrate()
+            self._db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise CatalogError(f"cannot open catalog {path}: {exc}; check the state_dir setting") from exc
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        # executescript commits implicitly, so the idempotent DDL runs before the transaction.
+        self._db.executescript(_SCHEMA)
+        with self.transaction():
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"catalog {self.path} has schema {row[0]}, newer than this Strandline ({SCHEMA_VERSION}):"
+                    " upgrade Strandline"
+                )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def ensure_dataset(self, name: str, root: str) -> DatasetRow:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO datasets(name, root, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET root=excluded.root",
+                (name, root, _now_iso()),
+            )
+        return self.dataset(name)
+
+    def dataset(self, name: str) -> DatasetRow:
+        row = self._db.execute("SELECT id, name, root, marker_stat FROM datasets WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise VersionNotFoundError(f"no dataset named {name!r}: `strandline datasets` lists them")
+        return DatasetRow(*row)
+
+    def set_marker_stat(self, dataset_id: int, marker_stat: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE datasets SET marker_stat=? WHERE id=?", (marker_stat, dataset_id))
+
+    def summaries(self) -> list[DatasetSummary]:
+        out = []
+        for ds_id, name, root in self._db.execute("SELECT id, name, root FROM datasets ORDER BY name"):
+            count = self._db.execute("SELECT COUNT(*) FROM versions WHERE dataset_id=?", (ds_id,)).fetchone()[0]
+            out.append(DatasetSummary(name, root, count, self.latest_version(name)))
+        return out
+
+    # -- versions -------------------------------------------------------------------------
+
+    _VERSION_COLS = (
+        "d.name, v.seq, v.version_id, v.parent_seq, v.parent_version_id, v.created_at,"
+        " v.files, v.bytes, v.added, v.modified, v.removed"
+    )
+
+    @staticmethod
+    def _version_row(row: Sequence[object]) -> VersionRow:
+        values = list(row)
+        values[5] = datetime.fromisoformat(str(values[5]))
+        return VersionRow(*values)  # type: ignore[arg-type]
+
+    def latest_version(self, dataset: str) -> VersionRow | None:
+        row = self._db.execute(
+            f"SELECT {self._VERSION_COLS} FROM versions v JOIN datasets d ON d.id=v.dataset_id"  # noqa: S608
+            " WHERE d.name=? ORDER BY v.seq DESC LIMIT 1",
+            (dataset,),
+        ).fetchone()
+        return None if row is None else self._version_row(row)
+
+    def version(self, dataset: str, seq: int) -> VersionRow:
+        row = self._db.execute(
+            f"SELECT {self._VERSION_COLS} FROM versions v JOIN datasets d ON d.id=v.dataset_id"  # noqa: S608
+            " WHERE d.name=? AND v.seq=?",
+            (dataset, seq),
+        ).fetchone()
+        if row is None:
+            raise VersionNotFoundError(f"{dataset}@{seq} does not exist: `strandline versions {dataset}` lists them")
+        return self._version_row(row)
+
+    def versions(self, dataset: str) -> list[VersionRow]:
+        self.dataset(dataset)
+        rows = self._db.execute(
+            f"SELECT {self._VERSION_COLS} FROM versions v JOIN datasets d ON d.id=v.dataset_id"  # noqa: S608
+            " WHERE d.name=? ORDER BY v.seq",
+            (dataset,),
+        ).fetchall()
+        return [self._version_row(r) for r in rows]
+
+    def manifest(self, dataset: str, seq: int) -> dict[str, FileState]:
+        ds = self.dataset(dataset)
+        rows = self._db.execute(
+            "SELECT path, size, hash, mtime_ns, inode FROM entries WHERE dataset_id=? AND from_seq<=?"
+            " AND (to_seq IS NULL OR to_seq>?)",
+            (ds.id, seq, seq),
+        )
+        return {path: FileState(size, digest, mtime, ino) for path, size, digest, mtime, ino in rows}
+
+    def changes(self, dataset: str, seq: int) -> list[FileChange]:
+        """The changes a version made to its parent, from the entry ranges."""
+        ds = self.dataset(dataset)
+        new = {
+            p: (s, h)
+            for p, s, h in self._db.execute(
+                "SELECT path, size, hash FROM entries WHERE dataset_id=? AND from_seq=?", (ds.id, seq)
+            )
+        }
+        old = {
+            p: (s, h)
+            for p, s, h in self._db.execute(
+                "SELECT path, size, hash FROM entries WHERE dataset_id=? AND to_seq=?", (ds.id, seq)
+            )
+        }
+        out = []
+        for path in sorted(new.keys() | old.keys(), key=lambda p: p.encode("utf-8")):
+            n, o = new.get(path), old.get(path)
+            if n and o:
+                out.append(FileChange(path=path, change="modified", size=n[0], new_hash=n[1],
+                                      old_size=o[0], old_hash=o[1]))
+            elif n:
+                out.append(FileChange(path=path, change="added", size=n[0], new_hash=n[1]))
+            elif o:
+                out.append(FileChange(path=path, change="removed", old_size=o[0], old_hash=o[1]))
+        return out
+
+    # -- current state and the stat cache -----------------------------------------------
+
+    def current_states(self, dataset_id: int, prefixes: Iterable[str] | None = None) -> dict[str, FileState]:
+        """Current entries of a dataset, all of them or those at or below the given paths."""
+        sql = "SELECT path, size, hash, mtime_ns, inode FROM entries WHERE dataset_id=? AND to_seq IS NULL"
+        if prefixes is None:
+            rows: Iterable[tuple[str, int, str, int, int]] = self._db.execute(sql, (dataset_id,))
+            return {p: FileState(s, h, m, i) for p, s, h, m, i in rows}
+        out: dict[str, FileState] = {}
+        for prefix in set(prefixes):
+            if prefix in ("", "."):
+                return self.current_states(dataset_id)
+            upper = prefix + "0"  # '0' follows '/' in byte order: [prefix/, prefix0) is the subtree
+            rows = self._db.execute(
+                sql + " AND (path=? OR (path>=? AND path<?))", (dataset_id, prefix, prefix + "/", upper)
+            )
+            out.update({p: FileState(s, h, m, i) for p, s, h, m, i in rows})
+        return out
+
+    def update_stats(self, dataset_id: int, states: dict[str, FileState]) -> None:
+        """Refresh the stat cache of current entries whose bytes did not change."""
+        if not states:
+            return
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE entries SET mtime_ns=?, inode=? WHERE dataset_id=? AND path=? AND to_seq IS NULL",
+                [(st.mtime_ns, st.inode, dataset_id, path) for path, st in states.items()],
+            )
+
+    def commit_version(
+        self,
+        dataset: DatasetRow,
+        version_id: str,
+        changes: Sequence[FileChange],
+        new_states: dict[str, FileState],
+        totals: tuple[int, int],
+        build_messages: Callable[[VersionRow], list[OutboxMessage]],
+        marker_stat: str | None = None,
+    ) -> VersionRow:
+        """Record a version, its entries and its outbox messages in one transaction."""
+        counts = {"added": 0, "modified": 0, "removed": 0}
+        for c in changes:
+            counts[c.change] += 1
+        with self.transaction() as db:
+            parent = db.execute(
+                "SELECT seq, version_id FROM versions WHERE dataset_id=? ORDER BY seq DESC LIMIT 1", (dataset.id,)
+            ).fetchone()
+            seq = 1 if parent is None else parent[0] + 1
+            row = VersionRow(
+                dataset=dataset.name,
+                seq=seq,
+                version_id=version_id,
+                parent_seq=None if parent is None else parent[0],
+                parent_version_id=None if parent is None else parent[1],
+                created_at=datetime.now(UTC),
+                files=totals[0],
+                bytes=totals[1],
+                **counts,
+            )
+            db.execute(
+                "INSERT INTO versions(dataset_id, seq, version_id, parent_seq, parent_version_id, created_at,"
+                " files, bytes, added, modified, removed) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (dataset.id, seq, version_id, row.parent_seq, row.parent_version_id,
+                 row.created_at.isoformat(timespec="microseconds"), row.files, row.bytes,
+                 row.added, row.modified, row.removed),
+            )
+            closing = [(seq, dataset.id, c.path) for c in changes if c.change != "added"]
+            db.executemany(
+                "UPDATE entries SET to_seq=? WHERE dataset_id=? AND path=? AND to_seq IS NULL", closing
+            )
+            opening = []
+            for c in changes:
+                if c.change != "removed":
+                    st = new_states[c.path]
+                    opening.append((dataset.id, c.path, st.size, st.hash, st.mtime_ns, st.inode, seq))
+            db.executemany(
+                "INSERT INTO entries(dataset_id, path, size, hash, mtime_ns, inode, from_seq)"
+                " VALUES (?,?,?,?,?,?,?)",
+                opening,
+            )
+            if marker_stat is not None:
+                db.execute("UPDATE datasets SET marker_stat=? WHERE id=?", (marker_stat, dataset.id))
+            self._enqueue(db, build_messages(row))
+        return row
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _enqueue(db: sqlite3.Connection, messages: Iterable[OutboxMessage]) -> None:
+        now = time.time()
+        db.executemany(
+            "INSERT INTO outbox(topic, key, value, headers, created_at) VALUES (?,?,?,?,?)",
+            [
+                (m.topic, m.key, m.value, json.dumps({k: v.decode("utf-8") for k, v in m.headers}), now)
+                for m in messages
+            ],
+        )
+
+    def enqueue(self, messages: Iterable[OutboxMessage]) -> None:
+        with self.transaction() as db:
+            self._enqueue(db, messages)
+
+    def pending(self, limit: int) -> list[PendingMessage]:
+        rows = self._db.execute(
+            "SELECT id, topic, key, value, headers, created_at FROM outbox WHERE delivered_at IS NULL"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        out = []
+        for row_id, topic, key, value, headers, created in rows:
+            hdrs = tuple((k, v.encode("utf-8")) for k, v in json.loads(headers).items())
+            out.append(PendingMessage(row_id, OutboxMessage(topic, bytes(key), bytes(value), hdrs), created))
+        return out
+
+    def mark_delivered(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany("UPDATE outbox SET delivered_at=? WHERE id=?", [(now, i) for i in ids])
+
+    def backlog(self) -> tuple[int, float | None]:
+        """Undelivered outbox rows and the creation time of the oldest."""
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL"
+        ).fetchone()
+        return int(count), oldest
+
+    def prune_delivered(self, older_than_seconds: float) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?",
+                (time.time() - older_than_seconds,),
+            )
+            return cur.rowcount

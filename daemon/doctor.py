@@ -1,0 +1,115 @@
+"""Health checks for `strandline doctor`: each says what is wrong and what to do next."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.catalog import Catalog
+from daemon.config import catalog_path
+from daemon.errors import StrandlineError
+from schemas.config import DatasetConfig, StrandlineConfig
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def count_dirs(root: Path, limit: int = 2_000_000) -> int:
+    count = 0
+    stack = [str(root)]
+    while stack and count < limit:
+        current = stack.pop()
+        count += 1
+        try:
+            with os.scandir(current) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return count
+
+
+def check_kafka(config: StrandlineConfig, timeout: float = 3.0) -> Check:
+    errors = []
+    for server in config.kafka.bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "localhost", int(port)), timeout=timeout):
+                return Check("kafka", True, f"broker answers at {server.strip()}")
+        except (OSError, ValueError) as exc:
+            errors.append(f"{server.strip()}: {exc}")
+    return Check(
+        "kafka", False, "no broker answers (" + "; ".join(errors) + ")",
+        "start Kafka (`make kafka` starts a local one) or set [kafka] bootstrap / STRANDLINE_KAFKA_BOOTSTRAP",
+    )
+
+
+def check_inotify(datasets: list[DatasetConfig]) -> Check:
+    limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
+    queued = _read_int("/proc/sys/fs/inotify/max_queued_events")
+    if limit is None:
+        return Check("inotify", True, "not Linux: the watcher polls, reconcile catches the rest")
+    needed = sum(count_dirs(ds.root) for ds in datasets if ds.root.is_dir())
+    detail = f"{needed} folders to watch, max_user_watches={limit}, max_queued_events={queued}"
+    if needed > limit * 0.8:
+        return Check(
+            "inotify", False, detail,
+            f"raise it: sysctl fs.inotify.max_user_watches={max(needed * 2, 524288)} "
+            "(persist in /etc/sysctl.d/60-strandline.conf)",
+        )
+    return Check("inotify", True, detail)
+
+
+def check_roots(datasets: list[DatasetConfig]) -> list[Check]:
+    out = []
+    for ds in datasets:
+        if not ds.root.is_dir():
+            out.append(Check(f"root {ds.name}", False, f"{ds.root} is missing", "create it or fix the dataset's root"))
+        elif not os.access(ds.root, os.R_OK | os.X_OK):
+            out.append(Check(f"root {ds.name}", False, f"{ds.root} is not readable",
+                             "grant the daemon's user read access"))
+        else:
+            out.append(Check(f"root {ds.name}", True, str(ds.root)))
+    return out
+
+
+def check_outbox(config: StrandlineConfig) -> Check:
+    path = catalog_path(config)
+    if not path.exists():
+        return Check("outbox", True, f"no catalog yet at {path}")
+    try:
+        with Catalog(path, readonly=True) as catalog:
+            count, oldest = catalog.backlog()
+    except StrandlineError as exc:
+        return Check("outbox", False, str(exc), "check the state_dir setting and its permissions")
+    if count == 0:
+        return Check("outbox", True, "empty: every event was delivered")
+    age = time.time() - (oldest or time.time())
+    return Check(
+        "outbox", age < 60, f"{count} events wait for Kafka, oldest {age:.0f} s old",
+        "" if age < 60 else "check Kafka; the daemon delivers the backlog in order when it is back",
+    )
+
+
+def run_checks(config: StrandlineConfig, datasets: list[DatasetConfig]) -> list[Check]:
+    return [
+        Check("config", True, f"{len(datasets)} datasets, state in {catalog_path(config).parent}"),
+        *check_roots(datasets),
+        check_inotify(datasets),
+        check_kafka(config),
+        check_outbox(config),
+    ]

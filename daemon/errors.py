@@ -1,0 +1,43 @@
+"""The one exception tree of Strandline.
+
+    StrandlineError
+    ├── ConfigError            the config file or environment is wrong; the message names key and fix
+    ├── CatalogError           the SQLite catalog cannot be opened or is locked by another daemon
+    ├── SourceError            a dataset root cannot be watched or read (missing, permission denied)
+    ├── UnreadableDataError    one file cannot be read (vanished, permission denied, not a regular file)
+    ├── VersionNotFoundError   NAME@N does not exist
+    └── PublishError           Kafka cannot be reached or refused a message
+
+Third-party and OS errors are caught at the boundary and re-raised as one of these with
+``raise ... from exc`` and a message that says what to do next.
+"""
+
+from __future__ import annotations
+
+
+class StrandlineError(Exception):
+    """Root of every error Strandline raises on purpose."""
+
+
+class ConfigError(StrandlineError):
+    """Invalid configuration: the message names the file, the key and what is allowed."""
+
+
+class CatalogError(StrandlineError):
+    """The catalog cannot be opened, migrated or written."""
+
+
+class SourceError(StrandlineError):
+    """A dataset root cannot be watched or listed."""
+
+
+class UnreadableDataError(StrandlineError):
+    """A single file cannot be fingerprinted."""
+
+
+class VersionNotFoundError(StrandlineError):
+    """A dataset or version named by the user does not exist."""
+
+
+class PublishError(StrandlineError):
+    """Kafka is unreachable or rejected an event."""

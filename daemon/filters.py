@@ -1,0 +1,60 @@
+"""Which paths belong to a dataset: default ignores plus the dataset's include/exclude globs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from wcmatch import glob
+
+from schemas.config import DEFAULT_IGNORES, DatasetConfig
+
+_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.NEGATE
+
+
+@dataclass(frozen=True)
+class PathFilter:
+    """Decides for a POSIX path relative to the dataset root whether it is part of the data."""
+
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+    ignore_defaults: bool = True
+    recursive: bool = True
+    marker: str | None = None
+    _matcher: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        excludes = list(self.exclude) + (list(DEFAULT_IGNORES) if self.ignore_defaults else [])
+        object.__setattr__(
+            self, "_matcher", glob.compile(list(self.include), flags=_FLAGS, exclude=excludes or None)
+        )
+
+    @classmethod
+    def for_dataset(cls, ds: DatasetConfig) -> PathFilter:
+        return cls(
+            include=ds.include,
+            exclude=ds.exclude,
+            ignore_defaults=ds.ignore_defaults,
+            recursive=ds.recursive,
+            marker=ds.commit_marker,
+        )
+
+    def is_marker(self, rel: str) -> bool:
+        return self.marker is not None and rel == self.marker
+
+    def wants_file(self, rel: str) -> bool:
+        """True when the file at ``rel`` is part of the dataset's manifest."""
+        if not self.recursive and "/" in rel:
+            return False
+        if self.is_marker(rel):
+            return False
+        return bool(self._matcher.match(rel))
+
+    def wants_dir(self, rel: str) -> bool:
+        """True when files below folder ``rel`` may belong to the dataset (prunes walks)."""
+        if not self.recursive:
+            return False
+        if not self.ignore_defaults:
+            return True
+        name = rel.rsplit("/", 1)[-1]
+        return not (name.startswith(".") or name in ("_temporary", "__pycache__"))

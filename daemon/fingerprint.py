@@ -1,0 +1,79 @@
+"""XXH3-128 fingerprints of files, streamed so a large file is never loaded whole."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+from typing import Final
+
+import xxhash
+
+# Below this size one read into a reused buffer is cheapest; above it mmap lets xxhash read
+# the page cache directly, without copying every byte into Python first.
+_MMAP_THRESHOLD: Final = 8 * 1024 * 1024
+_CHUNK: Final = 1024 * 1024
+_MMAP_WINDOW: Final = 256 * 1024 * 1024
+
+HASH_ALGORITHM: Final = "xxh3-128"
+
+
+def hash_bytes(data: bytes | memoryview) -> str:
+    """XXH3-128 of ``data`` as 32 lowercase hex digits."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def hash_fd(fd: int, size: int) -> str:
+    """XXH3-128 of an open file's bytes; ``size`` is its size from ``fstat``."""
+    hasher = xxhash.xxh3_128()
+    if size >= _MMAP_THRESHOLD:
+        offset = 0
+        while offset < size:
+            length = min(_MMAP_WINDOW, size - offset)
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            with mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=offset) as window:
+                window.madvise(mmap.MADV_SEQUENTIAL)
+                hasher.update(window)
+            offset += length
+        # The file may have grown after fstat: hash the tail too, so the digest is of what we read.
+        os.lseek(fd, size, os.SEEK_SET)
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    while True:
+        n = os.readv(fd, [buffer])
+        if n <= 0:
+            break
+        hasher.update(view[:n])
+    return hasher.hexdigest()
+
+
+class ChangedWhileReadingError(OSError):
+    """The file's size or mtime moved while it was hashed: a writer is still at work."""
+
+
+def hash_file(path: str | os.PathLike[str]) -> tuple[str, os.stat_result]:
+    """Hash a regular file without following a final symlink.
+
+    Returns the digest and the ``fstat`` taken before reading. Raises ``OSError`` as the
+    OS reports it (vanished, permission denied, a symlink), and ``ChangedWhileReadingError``
+    when the file changed under us; callers translate both.
+    """
+    # O_NONBLOCK: a FIFO swapped in after the stat must not hang us; regular files ignore it.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        # O_NOATIME keeps our reads from touching the user's files; only the owner may ask for it.
+        fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        digest = hash_fd(fd, st.st_size)
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise ChangedWhileReadingError(errno.EAGAIN, "file changed while it was read", os.fspath(path))
+        return digest, st
+    finally:
+        os.close(fd)

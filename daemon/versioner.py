@@ -1,0 +1,200 @@
+"""Turning the state of one dataset's files into a version: stat, hash what changed, diff, commit.
+
+Given the paths that changed (or ``None`` for a full reconcile) it re-reads only files whose
+(size, mtime_ns, inode) differ from the stat cache, and commits a version with its events
+in one catalog transaction when the manifest really changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from daemon.catalog import Catalog, DatasetRow, VersionRow
+from daemon.events import rejection_message, version_messages
+from daemon.filters import PathFilter
+from daemon.fingerprint import ChangedWhileReadingError, hash_file
+from daemon.manifest import FileState, diff, version_id
+from daemon.scanner import FileStat, Rejection, _stat_error, display_path, stat_paths, walk
+from schemas.config import DatasetConfig, StrandlineConfig
+from schemas.events import FileChange, InputRejected
+
+log = logging.getLogger(__name__)
+
+# Above this many changed paths one query for the whole current state beats a query per path.
+_BULK_LOOKUP = 256
+# A file modified this recently may change again within the same mtime tick; its stat is not
+# trusted for the cache ("racy git"), so it is simply re-hashed next time.
+_RACY_NS = 50_000_000
+
+
+@dataclass
+class Outcome:
+    """What one pass produced."""
+
+    version: VersionRow | None = None
+    changes: list[FileChange] = field(default_factory=list)
+    retry: bool = False  # a file was still being written: run again after the next quiet period
+    hashed_files: int = 0
+    hashed_bytes: int = 0
+
+
+class Versioner:
+    """Versions one dataset. Not thread-safe: one engine thread drives it."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        config: StrandlineConfig,
+        dataset: DatasetConfig,
+        on_version: Callable[[VersionRow, list[FileChange]], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.config = config
+        self.dataset = dataset
+        self.root = os.path.abspath(dataset.root)
+        self.filter = PathFilter.for_dataset(dataset)
+        self.row: DatasetRow = catalog.ensure_dataset(dataset.name, self.root)
+        self._on_version = on_version
+        self._reported: set[tuple[str, str]] = set()
+        self._root_missing = False
+
+    # -- rejections -----------------------------------------------------------------------
+
+    def _reject(self, rej: Rejection) -> None:
+        """Log and announce a rejected path, once per path and reason while the daemon lives."""
+        shown = display_path(rej.rel)
+        if (shown, rej.reason) in self._reported:
+            return
+        self._reported.add((shown, rej.reason))
+        log.warning(
+            "dataset %s: %s not versioned (%s): %s",
+            self.dataset.name, shown, rej.reason, rej.detail,
+            extra={"dataset": self.dataset.name},
+        )
+        event = InputRejected(
+            dataset=self.dataset.name,
+            path=shown,
+            reason=rej.reason,
+            detail=rej.detail,
+            host=self.config.host,
+            detected_at=datetime.now(UTC),
+        )
+        self.catalog.enqueue([rejection_message(self.config.kafka, self.config.host, event)])
+
+    # -- the pass -------------------------------------------------------------------------
+
+    def _marker_stat(self) -> str | None:
+        assert self.dataset.commit_marker is not None
+        try:
+            st = os.lstat(os.path.join(self.root, self.dataset.commit_marker))
+        except OSError:
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+    def process(self, dirty: set[str] | None) -> Outcome:
+        """Version the dataset's current state; ``dirty`` limits the look to those paths."""
+        if not os.path.isdir(self.root):
+            if not self._root_missing:
+                self._root_missing = True
+                self._reject(Rejection(".", "root_missing",
+                                       f"dataset root {self.root} is missing; versions resume when it is back"))
+            return Outcome()
+        if self._root_missing:
+            log.info("dataset %s: root %s is back", self.dataset.name, self.root)
+            self._root_missing = False
+            self._reported.discard((".", "root_missing"))
+        marker_stat: str | None = None
+        if self.dataset.commit_marker is not None:
+            marker_stat = self._marker_stat()
+            if marker_stat is None or marker_stat == self.catalog.dataset(self.dataset.name).marker_stat:
+                return Outcome()  # no new commit marker: the writer has not finished
+            dirty = None  # a job that writes a marker may rewrite anything: look at all of it
+
+        if dirty is None:
+            found = dict(walk(self.root, self.filter, self._reject))
+            known = self.catalog.current_states(self.row.id)
+            removed = [p for p in known if p not in found]
+        else:
+            found, absent = stat_paths(self.root, dirty, self.filter, self._reject)
+            bulk = len(dirty) > _BULK_LOOKUP
+            known = self.catalog.current_states(self.row.id, None if bulk else dirty)
+            removed = [p for p in known if p not in found and _under_any(p, absent)]
+
+        outcome = Outcome()
+        fresh: dict[str, FileState] = {}
+        stat_only: dict[str, FileState] = {}
+        racy_limit = time.time_ns() - _RACY_NS
+        for rel, fs in found.items():
+            before = known.get(rel)
+            if before is not None and before.stat_matches(*fs):
+                continue
+            state = self._hash(rel, fs, outcome)
+            if state is None:
+                if before is not None:
+                    found[rel] = FileStat(before.size, before.mtime_ns, before.inode)
+                continue
+            if state.mtime_ns > racy_limit:
+                state = FileState(state.size, state.hash, 0, state.inode)
+            if before is not None and (before.size, before.hash) == (state.size, state.hash):
+                stat_only[rel] = state
+            else:
+                fresh[rel] = state
+
+        changes = diff({p: known[p] for p in fresh if p in known} | {p: known[p] for p in removed},
+                       fresh)
+        self.catalog.update_stats(self.row.id, stat_only)
+        if not changes:
+            if marker_stat is not None:
+                self.catalog.set_marker_stat(self.row.id, marker_stat)
+            return outcome
+        current = self.catalog.current_states(self.row.id)
+        for path in removed:
+            current.pop(path, None)
+        current.update(fresh)
+        totals = (len(current), sum(st.size for st in current.values()))
+        vid = version_id(current)
+        row = self.catalog.commit_version(
+            self.row,
+            vid,
+            changes,
+            fresh,
+            totals,
+            lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes),
+            marker_stat=marker_stat,
+        )
+        outcome.version, outcome.changes = row, changes
+        log.info(
+            "dataset %s: version %d created (+%d ~%d -%d, %d files, %d bytes, id %s)",
+            row.dataset, row.seq, row.added, row.modified, row.removed, row.files, row.bytes, row.version_id,
+            extra={"dataset": row.dataset, "version": row.seq},
+        )
+        if self._on_version is not None:
+            self._on_version(row, changes)
+        return outcome
+
+    def _hash(self, rel: str, fs: FileStat, outcome: Outcome) -> FileState | None:
+        try:
+            digest, st = hash_file(os.path.join(self.root, rel))
+        except ChangedWhileReadingError:
+            outcome.retry = True
+            return None
+        except FileNotFoundError:
+            return None  # removed after the listing; its delete event follows
+        except OSError as exc:
+            self._reject(_stat_error(rel, exc))
+            return None
+        outcome.hashed_files += 1
+        outcome.hashed_bytes += st.st_size
+        return FileState(st.st_size, digest, st.st_mtime_ns, st.st_ino)
+
+
+def _under_any(path: str, prefixes: set[str]) -> bool:
+    if path in prefixes:
+        return True
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in prefixes for i in range(1, len(parts)))

@@ -1,0 +1,172 @@
+"""The watchdog adapter: filesystem events in, "this dataset changed at this path" out.
+
+Kept thin on purpose: the handler runs on watchdog's thread, so it only routes a path to its
+dataset and records it; hashing and versioning happen on the engine's thread.
+
+watchdog does not pass the kernel's inotify queue-overflow signal to handlers (its issue
+#654), so an emitter subclass turns it into an ``OverflowEvent``; the engine answers an
+overflow with a full reconcile of the affected roots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver, ObservedWatch
+
+log = logging.getLogger(__name__)
+
+# What we subscribe to. Not opens and no-write closes: our own reads would echo back.
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
+
+# "write": bytes may still be coming (modified, no close yet); "done": the file is complete
+# (closed after writing, renamed into place); "created"; "touch": attributes only; "gone";
+# "dir": a folder appeared (walk it).
+Kind = Literal["write", "done", "created", "touch", "gone", "dir"]
+OnPath = Callable[[str, Kind], None]
+OnOverflow = Callable[[str], None]
+
+
+class OverflowEvent(FileSystemEvent):
+    """The kernel dropped events for the watch at ``src_path``."""
+
+    event_type = "overflow"
+
+
+def _make_observer() -> BaseObserver:
+    if sys.platform.startswith("linux"):
+        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+
+        class _SignallingWatchGroup(InotifyWatchGroup):
+            emitter: Any = None
+
+            def on_queue_overflow(self) -> None:
+                super().on_queue_overflow()
+                if self.emitter is not None:
+                    self.emitter.queue_event(OverflowEvent(self.emitter.watch.path))
+
+        class _SignallingEmitter(InotifyEmitter):
+            def on_thread_start(self) -> None:
+                path = os.fsencode(self.watch.path)
+                group = _SignallingWatchGroup(
+                    self._inotify_fd,
+                    path,
+                    is_recursive=self.watch.is_recursive,
+                    event_mask=self.get_event_mask_from_filter(),
+                    follow_symlink=self.watch.follow_symlink,
+                )
+                group.emitter = self
+                self._inotify = group
+
+        observer = InotifyObserver()
+        observer._emitter_class = _SignallingEmitter
+        return observer
+    from watchdog.observers import Observer
+
+    return Observer()
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, on_path: OnPath, on_overflow: OnOverflow) -> None:
+        self._on_path = on_path
+        self._on_overflow = on_overflow
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self._route(event)
+        except Exception:  # a bug here must not kill watchdog's thread
+            log.exception("cannot handle filesystem event %r", event)
+
+    def _route(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        if isinstance(event, OverflowEvent):
+            self._on_overflow(src)
+        elif isinstance(event, FileClosedEvent):
+            self._on_path(src, "done")
+        elif isinstance(event, FileModifiedEvent):
+            self._on_path(src, "write")
+        elif isinstance(event, FileCreatedEvent):
+            # Not "write": watchdog also emits creations it simulates for files found in a new
+            # folder, and those never get a close event. Real writes follow as IN_MODIFY.
+            self._on_path(src, "created")
+        elif isinstance(event, FileAttribEvent):
+            self._on_path(src, "touch")
+        elif isinstance(event, FileDeletedEvent | DirDeletedEvent):
+            self._on_path(src, "gone")
+        elif isinstance(event, FileMovedEvent):
+            self._on_path(src, "gone")
+            if event.dest_path:
+                self._on_path(os.fsdecode(event.dest_path), "done")
+        elif isinstance(event, DirMovedEvent):
+            self._on_path(src, "gone")
+            if event.dest_path:
+                self._on_path(os.fsdecode(event.dest_path), "dir")
+        elif isinstance(event, DirCreatedEvent):
+            self._on_path(src, "dir")
+
+
+class Watcher:
+    """Watches a set of roots; (re)schedules roots that appear and forgets roots that vanish."""
+
+    def __init__(self, on_path: OnPath, on_overflow: OnOverflow) -> None:
+        self._handler = _Handler(on_path, on_overflow)
+        self._observer = _make_observer()
+        self._watches: dict[tuple[str, bool], ObservedWatch] = {}
+
+    def __enter__(self) -> Watcher:
+        self._observer.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=10)
+
+    def ensure(self, roots: dict[str, bool]) -> list[str]:
+        """Watch each existing root (path → recursive); return roots newly watched."""
+        added = []
+        alive = {e.watch for e in self._observer.emitters if e.is_alive()}
+        for key, watch in list(self._watches.items()):
+            if roots.get(key[0]) != key[1] or watch not in alive:
+                self._observer.unschedule(watch)
+                del self._watches[key]
+        for root, recursive in roots.items():
+            key = (root, recursive)
+            if key in self._watches or not os.path.isdir(root):
+                continue
+            try:
+                self._watches[key] = self._observer.schedule(
+                    self._handler, root, recursive=recursive, event_filter=_EVENTS
+                )
+            except OSError as exc:
+                log.warning("cannot watch %s: %s; it is reconciled periodically instead", root, exc)
+                continue
+            added.append(root)
+        return added

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""A real Apache Kafka broker for development and tests, without Docker.
+
+The broker's jars come from Maven Central (scripts/kafka/pom.xml, cached in .cache/kafka/libs);
+the broker runs in KRaft single-node mode (broker and controller in one JVM).
+
+    python scripts/kafka_broker.py fetch                       download the jars once
+    python scripts/kafka_broker.py ensure [--bootstrap H:P]    start one unless a broker answers
+    python scripts/kafka_broker.py start --port 19092 --dir D  start one in folder D
+    python scripts/kafka_broker.py stop --dir D                stop it
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LIBS = REPO / ".cache" / "kafka" / "libs"
+POM = REPO / "scripts" / "kafka" / "pom.xml"
+LOG4J = REPO / "scripts" / "kafka" / "log4j2.yaml"
+
+
+# Brokers started by this process, reaped by stop() (a dropped Popen would warn).
+_PROCS: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def fetch() -> Path:
+    if not any(LIBS.glob("kafka_2.13-*.jar")):
+        LIBS.mkdir(parents=True, exist_ok=True)
+        print(f"fetching Apache Kafka from Maven Central into {LIBS} …", file=sys.stderr)
+        subprocess.run(
+            ["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies", f"-Dkafka.libs={LIBS}"],
+            check=True,
+        )
+    return LIBS
+
+
+def answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _properties(port: int, controller_port: int, data: Path, extra: dict[str, str]) -> str:
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "3",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+    }
+    props.update(extra)
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _ready(bootstrap: str, timeout: float) -> bool:
+    """True once the broker serves metadata (a listening socket is not enough)."""
+    deadline = time.monotonic() + timeout
+    try:
+        from kafka import KafkaAdminClient
+    except ImportError:
+        KafkaAdminClient = None
+    host, port = bootstrap.rsplit(":", 1)
+    while time.monotonic() < deadline:
+        if answers(host, int(port)):
+            if KafkaAdminClient is None:
+                return True
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+                admin.list_topics()
+                admin.close()
+                return True
+            except Exception:  # noqa: S110 - still starting
+                pass
+        time.sleep(0.2)
+    return False
+
+
+def start(directory: Path, port: int | None = None, *, extra: dict[str, str] | None = None,
+          timeout: float = 60.0) -> str:
+    """Start a broker whose state lives in ``directory``; return its bootstrap address."""
+    libs = fetch()
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
+    controller_port = _free_port()
+    data = directory / "data"
+    props = directory / "server.properties"
+    if (directory / "broker.port").exists() and data.exists():
+        # Restarting a stopped broker: keep its data and its ports.
+        port, controller_port = (int(x) for x in (directory / "broker.port").read_text().split())
+    props.write_text(_properties(port, controller_port, data, extra or {}))
+    classpath = f"{libs}/*"
+    java = os.environ.get("JAVA", "java")
+    if not (data / "meta.properties").exists():
+        subprocess.run(
+            [java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J}", "kafka.tools.StorageTool",
+             "format", "-t", uuid.uuid4().hex[:22], "-c", str(props)],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+    (directory / "broker.port").write_text(f"{port} {controller_port}")
+    with (directory / "broker.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [java, "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             f"-Dlog4j2.configurationFile={LOG4J}", "-cp", classpath, "kafka.Kafka", str(props)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    _PROCS[proc.pid] = proc
+    (directory / "broker.pid").write_text(str(proc.pid))
+    bootstrap = f"127.0.0.1:{port}"
+    if not _ready(bootstrap, timeout):
+        stop(directory)
+        raise RuntimeError(f"Kafka did not start within {timeout} s; see {directory / 'broker.log'}")
+    return bootstrap
+
+
+def stop(directory: Path, *, hard: bool = False) -> None:
+    pid_file = directory / "broker.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return
+    proc = _PROCS.pop(pid, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        pid_file.unlink(missing_ok=True)
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid if not _alive(pid) else 0
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch")
+    p_ensure = sub.add_parser("ensure")
+    p_ensure.add_argument("--bootstrap", default=os.environ.get("STRANDLINE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    p_ensure.add_argument("--dir", type=Path, default=REPO / ".cache" / "kafka" / "dev")
+    p_start = sub.add_parser("start")
+    p_start.add_argument("--port", type=int)
+    p_start.add_argument("--dir", type=Path, required=True)
+    p_stop = sub.add_parser("stop")
+    p_stop.add_argument("--dir", type=Path, default=REPO / ".cache" / "kafka" / "dev")
+    args = parser.parse_args()
+    if args.cmd == "fetch":
+        fetch()
+    elif args.cmd == "ensure":
+        host, port = args.bootstrap.rsplit(":", 1)
+        if answers(host, int(port)):
+            print(f"Kafka answers at {args.bootstrap}", file=sys.stderr)
+            return
+        print(f"starting a local Kafka at {args.bootstrap} (state in {args.dir}) …", file=sys.stderr)
+        print(start(args.dir, int(port)), file=sys.stderr)
+    elif args.cmd == "start":
+        print(start(args.dir, args.port))
+    elif args.cmd == "stop":
+        stop(args.dir)
+
+
+if __name__ == "__main__":
+    main()

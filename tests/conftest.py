@@ -1,0 +1,91 @@
+"""Test fixtures: one real Kafka broker per session, fresh topics and folders per test."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.config import DatasetConfig, StrandlineConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _broker_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("kafka_broker", REPO / "scripts" / "kafka_broker.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kafka_broker"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+kafka_broker = _broker_module()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real broker: the one at STRANDLINE_KAFKA_BOOTSTRAP if it answers, else one we start."""
+    bootstrap = os.environ.get("STRANDLINE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    host, port = bootstrap.rsplit(":", 1)
+    if kafka_broker.answers(host, int(port)):
+        yield bootstrap
+        return
+    directory = tmp_path_factory.mktemp("kafka")
+    started = kafka_broker.start(directory, int(port))
+    try:
+        yield started
+    finally:
+        kafka_broker.stop(directory)
+
+
+@pytest.fixture(autouse=True)
+def _no_strandline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their config explicitly; the caller's STRANDLINE_* variables must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("STRANDLINE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+def make_config(
+    tmp_path: Path,
+    bootstrap: str,
+    prefix: str,
+    datasets: list[DatasetConfig] | None = None,
+    **overrides: object,
+) -> StrandlineConfig:
+    settings: dict[str, object] = {
+        "state_dir": tmp_path / "state",
+        "settle_seconds": 0.3,
+        "reconcile_interval_seconds": 0,
+        "host": "test-host",
+        "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix, "partitions": 1, "delivery_timeout_seconds": 30},
+        "datasets": tuple(datasets or ()),
+    }
+    settings.update(overrides)
+    return StrandlineConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def config_for(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str):  # type: ignore[no-untyped-def]
+    def build(datasets: list[DatasetConfig] | None = None, **overrides: object) -> StrandlineConfig:
+        return make_config(tmp_path, kafka_bootstrap, topic_prefix, datasets, **overrides)
+
+    return build

@@ -1,0 +1,129 @@
+"""Helpers shared by tests: waiting on conditions, reading events back from the real broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kafka import KafkaConsumer, TopicPartition
+
+from daemon.app import Daemon, Target
+from daemon.catalog import Catalog, VersionRow
+from daemon.config import catalog_path
+from schemas.config import StrandlineConfig
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class Event:
+    key: str | None
+    headers: dict[str, str]
+    data: dict[str, Any]
+    size: int
+
+
+def read_events(bootstrap: str, topic: str, *, min_count: int = 1, timeout: float = 20.0,
+                settle: float = 0.0) -> list[Event]:
+    """Every record of ``topic`` (all partitions) from the beginning, once at least ``min_count`` arrived.
+
+    With ``settle`` > 0, keep reading that long after reaching ``min_count`` to catch extras.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = wait_for(lambda: consumer.partitions_for_topic(topic), timeout, what=f"topic {topic}")
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Event] = []
+        deadline = time.monotonic() + timeout
+        reached: float | None = None
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=100).values():
+                for r in records:
+                    out.append(Event(
+                        r.key.decode() if r.key else None,
+                        {k: v.decode() for k, v in r.headers},
+                        json.loads(r.value),
+                        len(r.value),
+                    ))
+            if len(out) >= min_count:
+                reached = reached or time.monotonic()
+                if time.monotonic() - reached >= settle:
+                    return out
+        raise AssertionError(f"read {len(out)} events from {topic}, wanted {min_count}")
+    finally:
+        consumer.close()
+
+
+def version_events(events: list[Event], dataset: str | None = None) -> list[Event]:
+    return [
+        e for e in events
+        if e.headers.get("ce_type") == "dataset.version.created" and (dataset is None or e.key == dataset)
+    ]
+
+
+@dataclass
+class RunningDaemon:
+    config: StrandlineConfig
+    daemon: Daemon
+    thread: threading.Thread
+    created: list[VersionRow] = field(default_factory=list)
+
+    def catalog(self) -> Catalog:
+        return Catalog(catalog_path(self.config), readonly=True)
+
+    def versions(self, dataset: str) -> list[VersionRow]:
+        with self.catalog() as c:
+            try:
+                return c.versions(dataset)
+            except Exception:
+                return []
+
+    def backlog(self) -> int:
+        with self.catalog() as c:
+            return c.backlog()[0]
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "daemon did not stop within 60 s"
+
+
+def start_daemon(config: StrandlineConfig, folder: Path | None = None) -> RunningDaemon:
+    created: list[VersionRow] = []
+    daemon = Daemon(config, Target.resolve(config, folder), on_version=lambda r, c: created.append(r))
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    thread = threading.Thread(target=body, name="daemon-under-test", daemon=True)
+    thread.start()
+    running = RunningDaemon(config, daemon, thread, created)
+    # Ready once the start-up reconcile ran: the engine exists and its first pass is done.
+    wait_for(lambda: errors or (daemon.engine is not None and daemon.publisher is not None), 30, what="daemon start")
+    if errors:
+        raise errors[0]
+    return running

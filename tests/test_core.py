@@ -1,0 +1,129 @@
+"""The pure core: fingerprints, manifests, diffs, filters and event sizing, with no broker."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from daemon.catalog import VersionRow
+from daemon.events import CHUNK_BUDGET, version_messages
+from daemon.filters import PathFilter
+from daemon.fingerprint import hash_file
+from daemon.manifest import FileState, canonical_manifest, diff, version_id
+from schemas.config import KafkaConfig
+from schemas.events import FileChange, VersionChanges, VersionCreated
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 1024 * 1024 + 17, 9 * 1024 * 1024 + 3])
+def test_file_hash_is_xxh3_128_of_its_bytes(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    digest, st = hash_file(path)
+    assert digest == xxhash.xxh3_128_hexdigest(data)
+    assert st.st_size == size
+
+
+def test_hash_refuses_to_follow_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "target").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with pytest.raises(OSError):
+        hash_file(tmp_path / "link")
+
+
+def test_version_id_ignores_listing_order_but_not_content() -> None:
+    a = {"x.csv": FileState(3, "aa"), "y/z.parquet": FileState(5, "bb")}
+    b = dict(reversed(list(a.items())))
+    assert version_id(a) == version_id(b)
+    assert version_id(a) != version_id({**a, "x.csv": FileState(3, "ab")})
+    assert version_id(a) != version_id({**a, "x.csv": FileState(4, "aa")})
+
+
+def test_canonical_manifest_is_json_lines_sorted_by_utf8_path() -> None:
+    data = canonical_manifest([("é", 1, "h1"), ("z", 2, "h2"), ("a\tb", 3, "h3")])
+    lines = data.decode().splitlines()
+    assert [json.loads(line)[0] for line in lines] == ["a\tb", "z", "é"]
+
+
+def test_diff_reports_added_modified_removed_and_ignores_stat_only_changes() -> None:
+    old = {"keep": FileState(1, "k", 10, 1), "mod": FileState(1, "m1"), "gone": FileState(2, "g")}
+    new = {"keep": FileState(1, "k", 99, 7), "mod": FileState(2, "m2"), "new": FileState(3, "n")}
+    changes = {c.path: c for c in diff(old, new)}
+    assert set(changes) == {"mod", "gone", "new"}
+    assert changes["mod"].change == "modified" and changes["mod"].old_hash == "m1" and changes["mod"].new_hash == "m2"
+    assert changes["gone"].change == "removed" and changes["gone"].old_size == 2
+    assert changes["new"].change == "added" and changes["new"].size == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "wanted"),
+    [
+        ("sales.csv", True),
+        ("2024/01/part-0.parquet", True),
+        (".hidden", False),
+        ("dir/.git/config", False),
+        ("upload.tmp", False),
+        ("big.parquet.part", False),
+        (".sales.csv.swp", False),
+        ("_temporary/0/task/part-0", False),
+        ("out/_temporary/x", False),
+        ("file.csv~", False),
+        ("f.csv._COPYING_", False),
+    ],
+)
+def test_default_filter_ignores_tool_temporaries(path: str, wanted: bool) -> None:
+    assert PathFilter().wants_file(path) is wanted
+
+
+def test_include_and_exclude_globs_cross_folders() -> None:
+    f = PathFilter(include=("**/*.parquet",), exclude=("staging/**",))
+    assert f.wants_file("a.parquet") and f.wants_file("x/y/a.parquet")
+    assert not f.wants_file("staging/a.parquet") and not f.wants_file("a.csv")
+
+
+def test_non_recursive_filter_takes_only_top_level_files() -> None:
+    f = PathFilter(recursive=False)
+    assert f.wants_file("a.csv") and not f.wants_file("sub/a.csv") and not f.wants_dir("sub")
+
+
+def _row(seq: int = 1) -> VersionRow:
+    return VersionRow("big", seq, "v" * 32, None, None, datetime.now(UTC), 0, 0, 0, 0, 0)
+
+
+def test_a_huge_change_set_is_truncated_and_chunked_under_the_broker_limit() -> None:
+    kafka = KafkaConfig()
+    changes = [
+        FileChange(path=f"folder/{i:06d}-{'x' * 80}.parquet", change="added", size=i, new_hash=f"{i:032x}")
+        for i in range(30_000)
+    ]
+    messages = version_messages(kafka, "h", "/data/big", _row(), changes)
+    assert all(len(m.value) < 1_000_000 for m in messages)
+    event = VersionCreated.model_validate_json(messages[-1].value)
+    assert messages[-1].topic == kafka.versions_topic
+    assert event.changes_truncated and event.complete_changes is not None
+    assert 0 < len(event.changes) < len(changes)
+    chunks = [VersionChanges.model_validate_json(m.value) for m in messages[:-1]]
+    assert event.complete_changes.chunks == len(chunks) > 1
+    assert all(len(m.value) <= CHUNK_BUDGET + 1024 for m in messages[:-1])
+    assert [c for chunk in chunks for c in chunk.changes] == changes
+    assert {m.key for m in messages[:-1]} == {b"v" * 32}
+
+
+def test_version_event_headers_are_cloudevents_binary_mode_with_deterministic_id() -> None:
+    kafka = KafkaConfig()
+    changes = [FileChange(path="a.csv", change="added", size=1, new_hash="0" * 32)]
+    first = version_messages(kafka, "h", "/r", _row(), changes)[-1]
+    again = version_messages(kafka, "h", "/r", _row(), changes)[-1]
+    headers = dict(first.headers)
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ce_type"] == b"dataset.version.created"
+    assert headers["ce_source"] == b"strandline://h/big"
+    assert headers["content-type"] == b"application/json"
+    assert dict(again.headers)["ce_id"] == headers["ce_id"]
+    other = version_messages(kafka, "h", "/r", _row(2), changes)[-1]
+    assert dict(other.headers)["ce_id"] != headers["ce_id"]
