@@ -34,18 +34,6 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger(__name__)
 
-# What we subscribe to. Not opens and no-write closes: our own reads would echo back.
-_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-]
 
 # "write": bytes may still be coming (modified, no close yet); "done": the file is complete
 # (closed after writing, renamed into place); "created"; "touch": attributes only; "gone";
@@ -59,6 +47,21 @@ class OverflowEvent(FileSystemEvent):
     """The kernel dropped events for the watch at ``src_path``."""
 
     event_type = "overflow"
+
+
+# What we subscribe to. Not opens and no-write closes: our own reads would echo back.
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    OverflowEvent,  # ours; emitters drop event classes missing from the filter
+]
 
 
 def _make_observer() -> BaseObserver:

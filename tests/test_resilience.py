@@ -1,0 +1,184 @@
+"""Nothing lost: Kafka outages, a SIGKILLed daemon, an overflowing inotify queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from daemon.catalog import Catalog
+from daemon.config import catalog_path
+from schemas.config import DatasetConfig
+from tests.conftest import kafka_broker
+from tests.helpers import read_events, start_daemon, version_events, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _added_counts(catalog: Catalog, dataset: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for v in catalog.versions(dataset):
+        counts.update(c.path for c in catalog.changes(dataset, v.seq) if c.change == "added")
+    return counts
+
+
+def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
+    config_for, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="daemon")
+    broker_dir = tmp_path / "own-broker"
+    bootstrap = kafka_broker.start(broker_dir)
+    config = config_for([DatasetConfig(name="outage", root=data_dir, settle_seconds=0.2)],
+                        kafka={"bootstrap": bootstrap, "topic_prefix": "outage", "partitions": 1,
+                               "delivery_timeout_seconds": 15})
+    running = start_daemon(config)
+    try:
+        (data_dir / "before.csv").write_text("x\n")
+        wait_for(lambda: running.versions("outage") and running.backlog() == 0, 30, what="first delivery")
+        kafka_broker.stop(broker_dir)
+        for burst in range(20):
+            for i in range(50):
+                (data_dir / f"f{burst:02d}-{i:02d}.csv").write_text(f"{burst},{i}\n")
+            time.sleep(0.4)
+        wait_for(lambda: (v := running.versions("outage")) and v[-1].files == 1001, 60, what="all versioned")
+        assert running.backlog() > 0
+        wait_for(lambda: any("degraded" in r.getMessage() for r in caplog.records), 60, what="degraded log")
+        kafka_broker.start(broker_dir)
+        wait_for(lambda: running.backlog() == 0, 90, what="backlog delivered")
+        versions = running.versions("outage")
+        events = version_events(read_events(bootstrap, config.kafka.versions_topic, min_count=len(versions),
+                                            settle=1.0))
+        with running.catalog() as c:
+            added = _added_counts(c, "outage")
+    finally:
+        running.stop()
+        kafka_broker.stop(broker_dir)
+    degraded = [r for r in caplog.records if "degraded" in r.getMessage()]
+    assert len(degraded) == 1, "one degraded line per outage, not one per retry"
+    assert any("recovered" in r.getMessage() for r in caplog.records)
+    seqs = [v.seq for v in versions]
+    assert seqs == list(range(1, len(versions) + 1))
+    assert len(added) == 1001 and set(added.values()) == {1}
+    first_seen: list[int] = []
+    for e in events:
+        if e.data["version"] not in first_seen:
+            first_seen.append(e.data["version"])
+    assert first_seen == seqs, "every version delivered, in order"
+    by_id = {e.headers["ce_id"]: e.data["version"] for e in events}
+    assert sorted(by_id.values()) == seqs, "re-sends, if any, carry the same ce_id"
+
+
+def _write_config(path: Path, state: Path, root: Path, bootstrap: str, prefix: str) -> None:
+    path.write_text(
+        f'state_dir = "{state}"\nsettle_seconds = 0.2\nreconcile_interval_seconds = 0\n'
+        f'[kafka]\nbootstrap = "{bootstrap}"\ntopic_prefix = "{prefix}"\npartitions = 1\n'
+        f'[[datasets]]\nname = "killed"\nroot = "{root}"\n'
+    )
+
+
+def test_daemon_killed_while_files_arrive_versions_every_change_exactly_once(
+    data_dir: Path, tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    cfg = tmp_path / "strandline.toml"
+    state = tmp_path / "state"
+    _write_config(cfg, state, data_dir, kafka_bootstrap, topic_prefix)
+    cmd = [sys.executable, "-m", "daemon.cli", "watch", "--config", str(cfg), "--log-format", "json"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
+    log = (tmp_path / "daemon.log").open("wb")
+
+    def versions() -> list[int]:
+        if not catalog_path_exists():
+            return []
+        with Catalog(state / "catalog.sqlite", readonly=True) as c:
+            try:
+                return [v.seq for v in c.versions("killed")]
+            except Exception:
+                return []
+
+    def catalog_path_exists() -> bool:
+        return (state / "catalog.sqlite").exists()
+
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+    try:
+        written = []
+        for burst in range(30):
+            for i in range(20):
+                p = data_dir / f"b{burst:02d}-{i:02d}.dat"
+                p.write_bytes(os.urandom(512))
+                written.append(p)
+            time.sleep(0.1)
+            if burst == 12:
+                wait_for(versions, 30, what="some versions before the kill")
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+
+        def all_in() -> bool:
+            if not versions():
+                return False
+            with Catalog(state / "catalog.sqlite", readonly=True) as c:
+                latest = c.latest_version("killed")
+                return latest is not None and latest.files == len(written)
+
+        wait_for(all_in, 60, what="every file versioned after restart")
+        wait_for(lambda: Catalog(state / "catalog.sqlite", readonly=True).backlog()[0] == 0, 60, what="delivery")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    with Catalog(state / "catalog.sqlite", readonly=True) as c:
+        added = _added_counts(c, "killed")
+        manifest = c.manifest("killed", c.latest_version("killed").seq)  # type: ignore[union-attr]
+        seqs = [v.seq for v in c.versions("killed")]
+    assert len(added) == len(written) and set(added.values()) == {1}, "each file added exactly once"
+    assert all(manifest[p.name].hash == xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in written)
+    events = version_events(read_events(kafka_bootstrap, f"{topic_prefix}.versions", min_count=len(seqs),
+                                        settle=1.0))
+    assert sorted({e.data["version"] for e in events}) == seqs
+
+
+MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@pytest.fixture
+def tiny_inotify_queue():  # type: ignore[no-untyped-def]
+    """Shrink the kernel's inotify queue so a burst overflows it (needs root)."""
+    try:
+        original = MAX_QUEUED.read_text()
+        MAX_QUEUED.write_text("32\n")
+    except OSError as exc:
+        pytest.skip(f"cannot lower fs.inotify.max_queued_events here: {exc}")
+    try:
+        yield
+    finally:
+        MAX_QUEUED.write_text(original)
+
+
+def test_inotify_queue_overflow_is_noticed_and_nothing_is_missed(
+    tiny_inotify_queue, config_for, data_dir: Path
+) -> None:
+    # Periodic reconcile is off: only overflow detection can find the dropped events.
+    config = config_for([DatasetConfig(name="flood", root=data_dir, settle_seconds=0.5)],
+                        reconcile_interval_seconds=0)
+    running = start_daemon(config)
+    try:
+        for sub in range(10):
+            d = data_dir / f"d{sub}"
+            d.mkdir()
+            for i in range(300):
+                (d / f"f{i:04d}.csv").write_text(f"{sub},{i}\n")
+        wait_for(lambda: (v := running.versions("flood")) and v[-1].files == 3000, 60, what="all 3000 versioned")
+        assert running.daemon.engine is not None and running.daemon.engine.overflows >= 1
+    finally:
+        running.stop()
+    with Catalog(catalog_path(config), readonly=True) as c:
+        added = _added_counts(c, "flood")
+    assert len(added) == 3000 and set(added.values()) == {1}
