@@ -224,6 +224,12 @@ class Engine:
                       d.config.name, exc, _ERROR_RETRY_SECONDS, extra={"dataset": d.config.name})
             self._requeue(d, dirty, delay=_ERROR_RETRY_SECONDS)
             return
+        except Exception:
+            # A bug must cost one dataset a retry, never the daemon: log it whole and go on.
+            log.exception("dataset %s: unexpected error while versioning; retrying in %.0f s",
+                          d.config.name, _ERROR_RETRY_SECONDS, extra={"dataset": d.config.name})
+            self._requeue(d, dirty, delay=_ERROR_RETRY_SECONDS)
+            return
         if outcome.version is not None:
             self.versions_created += 1
         self._on_commit()

@@ -38,7 +38,7 @@ def display_path(rel: str) -> str:
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
-def _is_utf8(name: str) -> bool:
+def is_utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -55,7 +55,7 @@ def classify_symlink(root: str, full: str) -> Rejection:
     return Rejection(rel, "symlink_not_followed", "symlinks are not followed; version the target itself")
 
 
-def _stat_error(rel: str, exc: OSError) -> Rejection:
+def stat_error(rel: str, exc: OSError) -> Rejection:
     if isinstance(exc, PermissionError):
         return Rejection(rel, "permission_denied", "permission denied: grant the daemon's user read access")
     if exc.errno == errno.ENAMETOOLONG:
@@ -73,7 +73,7 @@ def classify_entry(
     """The FileStat of a wanted regular file, or None (reporting why when it matters)."""
     if not filt.wants_file(rel):
         return None
-    if not _is_utf8(rel):
+    if not is_utf8(rel):
         on_reject(Rejection(rel, "non_utf8_name", "file name is not valid UTF-8; rename it to version it"))
         return None
     mode = st.st_mode
@@ -97,7 +97,7 @@ def walk(root: str, filt: PathFilter, on_reject: OnReject, start: str = "") -> I
         except FileNotFoundError:
             continue
         except OSError as exc:
-            on_reject(_stat_error(rel_dir or ".", exc))
+            on_reject(stat_error(rel_dir or ".", exc))
             continue
         with it:
             for entry in it:
@@ -106,7 +106,7 @@ def walk(root: str, filt: PathFilter, on_reject: OnReject, start: str = "") -> I
                     st = entry.stat(follow_symlinks=False)
                 except OSError as exc:
                     if filt.wants_file(rel):
-                        on_reject(_stat_error(rel, exc))
+                        on_reject(stat_error(rel, exc))
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     if filt.wants_dir(rel):
@@ -135,7 +135,7 @@ def stat_paths(
             continue
         except OSError as exc:
             if filt.wants_file(rel):
-                on_reject(_stat_error(rel, exc))
+                on_reject(stat_error(rel, exc))
             continue
         if stat.S_ISDIR(st.st_mode):
             # Anything previously known below it but not found now is gone.

@@ -19,7 +19,7 @@ from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError, hash_file
 from daemon.manifest import FileState, diff, version_id
-from daemon.scanner import FileStat, Rejection, _stat_error, display_path, stat_paths, walk
+from daemon.scanner import FileStat, Rejection, display_path, is_utf8, stat_error, stat_paths, walk
 from schemas.config import DatasetConfig, StrandlineConfig
 from schemas.events import FileChange, InputRejected
 
@@ -122,7 +122,8 @@ class Versioner:
         else:
             found, absent = stat_paths(self.root, dirty, self.filter, self._reject)
             bulk = len(dirty) > _BULK_LOOKUP
-            known = self.catalog.current_states(self.row.id, None if bulk else dirty)
+            # Undecodable names were rejected above and can never be in the catalog.
+            known = self.catalog.current_states(self.row.id, None if bulk else filter(is_utf8, dirty))
             removed = [p for p in known if p not in found and _under_any(p, absent)]
 
         outcome = Outcome()
@@ -186,7 +187,7 @@ class Versioner:
         except FileNotFoundError:
             return None  # removed after the listing; its delete event follows
         except OSError as exc:
-            self._reject(_stat_error(rel, exc))
+            self._reject(stat_error(rel, exc))
             return None
         outcome.hashed_files += 1
         outcome.hashed_bytes += st.st_size
