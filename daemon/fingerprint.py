@@ -38,7 +38,8 @@ def hash_fd(fd: int, size: int) -> str:
             offset += length
         # The file may have grown after fstat: hash the tail too, so the digest is of what we read.
         os.lseek(fd, size, os.SEEK_SET)
-    buffer = bytearray(_CHUNK)
+    # Sized to the file: a fresh 1 MiB buffer per small file cost more than hashing it.
+    buffer = bytearray(min(_CHUNK, max(size, 4096) + 1))
     view = memoryview(buffer)
     while True:
         n = os.readv(fd, [buffer])

@@ -1,0 +1,383 @@
+"""Shared plumbing of the benchmarks: a Kafka broker, a versions-topic reader, the daemon, output.
+
+Not a benchmark itself. The scripts in this folder import it as ``_common`` (they run as
+``.venv/bin/python bench/NAME.py`` from the repo root, so this folder is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BROKER_SCRIPT = REPO / "scripts" / "kafka_broker.py"
+SHARED_BROKER = "127.0.0.1:19092"
+
+if str(REPO) not in sys.path:  # run from anywhere: the daemon's packages come from the repo
+    sys.path.insert(0, str(REPO))
+
+
+# -- command line and output ----------------------------------------------------------------
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose --help shows the script's docstring, with the common options."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
+    return p
+
+
+def add_kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap",
+        default=os.environ.get("STRANDLINE_KAFKA_BOOTSTRAP"),
+        help="Kafka bootstrap host:port (default: $STRANDLINE_KAFKA_BOOTSTRAP, else the broker at "
+        f"{SHARED_BROKER} if one answers, else a broker started for this run and stopped after it)",
+    )
+
+
+def note(msg: str) -> None:
+    """Progress for people, on stderr so that --json output stays clean."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float | int | str | None
+    unit: str = ""
+    target: str = ""
+    ok: bool | None = None
+
+
+@dataclass
+class Report:
+    benchmark: str
+    params: dict[str, Any] = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(self, name: str, value: float | int | str | None, unit: str = "", target: str = "",
+            ok: bool | None = None) -> None:
+        if any(f.name == name for f in self.figures):
+            raise ValueError(f"figure {name!r} added twice")  # --json keys figures by name
+        self.figures.append(Figure(name, value, unit, target, ok))
+
+    def emit(self, as_json: bool) -> None:
+        if as_json:
+            out = {
+                "benchmark": self.benchmark,
+                "params": self.params,
+                "figures": {
+                    f.name: {"value": f.value, "unit": f.unit, "target": f.target or None, "ok": f.ok}
+                    for f in self.figures
+                },
+            }
+            print(json.dumps(out, indent=2, default=str))
+            return
+        print(f"\n{self.benchmark}")
+        print("  " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
+        rows = [("figure", "value", "unit", "target", "")]
+        for f in self.figures:
+            mark = "" if f.ok is None else ("ok" if f.ok else "MISS")
+            rows.append((f.name, _fmt(f.value), f.unit, f.target, mark))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for n, r in enumerate(rows):
+            cells = (cell.rjust(w) if i == 1 else cell.ljust(w)
+                     for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+            print("  " + "  ".join(cells).rstrip())
+            if n == 0:
+                print("  " + "  ".join("-" * w for w in widths))
+
+
+def _fmt(value: float | int | str | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, int(-(-q * len(ordered) // 100)))  # ceil(q/100 * n), at least 1
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def write_random_files(folder: Path, count: int, min_size: int, max_size: int, seed: int,
+                       per_dir: int | None = None) -> int:
+    """``count`` files of random size and random bytes; ``per_dir`` spreads them over subfolders.
+
+    Returns the bytes written. One random pool is sliced at random offsets: the bytes are
+    random to the hasher while generating them stays cheap.
+    """
+    rng = random.Random(seed)
+    pool = rng.randbytes(4 * max_size + 4096)
+    folder.mkdir(parents=True, exist_ok=True)
+    total = 0
+    current = folder
+    for i in range(count):
+        if per_dir is not None and i % per_dir == 0:
+            current = folder / f"d{i // per_dir:04d}"
+            current.mkdir()
+        size = rng.randint(min_size, max_size)
+        start = rng.randrange(len(pool) - size)
+        with open(current / f"f{i:06d}.bin", "wb") as fh:
+            fh.write(pool[start:start + size])
+        total += size
+    return total
+
+
+def fresh_tempdir(prefix: str) -> Path:
+    """A new folder for this run's data (on /tmp's disk unless $TMPDIR says otherwise)."""
+    return Path(tempfile.mkdtemp(prefix=f"strandline-bench-{prefix}-"))
+
+
+# -- Kafka ----------------------------------------------------------------------------------
+
+
+def _answers(bootstrap: str, timeout: float = 0.5) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def kafka_broker(bootstrap: str | None) -> Iterator[str]:
+    """The given broker, else the shared one if it answers, else one of our own for this run."""
+    if bootstrap:
+        yield bootstrap
+        return
+    if _answers(SHARED_BROKER):
+        note(f"using the Kafka broker at {SHARED_BROKER}")
+        yield SHARED_BROKER
+        return
+    directory = Path(tempfile.mkdtemp(prefix="strandline-bench-kafka-"))
+    note(f"starting a Kafka broker in {directory} …")
+    out = subprocess.run([sys.executable, str(BROKER_SCRIPT), "start", "--dir", str(directory)],
+                         check=True, capture_output=True, text=True)
+    started = out.stdout.strip().splitlines()[-1]
+    note(f"Kafka broker at {started}")
+    try:
+        yield started
+    finally:
+        subprocess.run([sys.executable, str(BROKER_SCRIPT), "stop", "--dir", str(directory)], check=False)
+        subprocess.run(["rm", "-rf", str(directory)], check=False)
+
+
+def unique_prefix(name: str) -> str:
+    return f"bench-{name}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Event:
+    received: float  # time.monotonic() when poll() handed it over
+    type: str
+    subject: str
+    data: dict[str, Any]
+
+
+class VersionsReader:
+    """Reads ``<prefix>.versions`` from its beginning, every partition assigned (no group)."""
+
+    def __init__(self, bootstrap: str, prefix: str, fetch_max_wait_ms: int = 5) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        from daemon.kafka_client import ensure_topics
+        from schemas.config import KafkaConfig
+
+        cfg = KafkaConfig(bootstrap=bootstrap, topic_prefix=prefix)
+        ensure_topics(cfg)  # the daemon would create them too; the reader must assign first
+        self.topic = cfg.versions_topic
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            client_id="strandline-bench",
+        )
+        deadline = time.monotonic() + 30
+        parts = None
+        while not parts:
+            parts = self._consumer.partitions_for_topic(self.topic)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {self.topic} has no partitions after 30 s")
+            if not parts:
+                time.sleep(0.1)
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+        self.poll(0.2)  # first fetch: connections and offsets are set up before anything is timed
+
+    def poll(self, timeout: float) -> list[Event]:
+        batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
+        now = time.monotonic()
+        events = []
+        for records in batches.values():
+            for r in records:
+                headers = {k: v.decode() for k, v in r.headers or []}
+                events.append(Event(now, headers.get("ce_type", ""), headers.get("ce_subject", ""),
+                                    json.loads(r.value)))
+        return events
+
+    def wait_for(self, match: Callable[[Event], bool], timeout: float) -> Event:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching event on {self.topic} within {timeout:.0f} s")
+            for ev in self.poll(min(left, 0.5)):
+                if match(ev):
+                    return ev
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+# -- the daemon as a subprocess -------------------------------------------------------------
+
+
+def daemon_env(bootstrap: str, prefix: str, settle: float, state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
+    env.update(
+        STRANDLINE_KAFKA_BOOTSTRAP=bootstrap,
+        STRANDLINE_KAFKA_TOPIC_PREFIX=prefix,
+        STRANDLINE_SETTLE_SECONDS=str(settle),
+        STRANDLINE_STATE_DIR=str(state_dir),
+    )
+    return env
+
+
+class DaemonProcess:
+    """``strandline watch FOLDER`` with JSON logs to a file; version lines (JSON) to another."""
+
+    def __init__(self, folder: Path, workdir: Path, env: dict[str, str], extra: Sequence[str] = ()) -> None:
+        exe = Path(sys.executable).parent / "strandline"
+        self.log_path = workdir / "daemon.log"
+        self.out_path = workdir / "daemon.out"
+        self._log = self.log_path.open("wb")
+        self._out = self.out_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(exe), "watch", str(folder), "--json", "--log-format", "json", *extra],
+            cwd=workdir, env=env, stdout=self._out, stderr=self._log, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_path.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited ({self.proc.returncode}); see {self.log_path}")
+            time.sleep(0.05)
+        raise TimeoutError(f"daemon did not log {text!r} within {timeout:.0f} s; see {self.log_path}")
+
+    def versions(self) -> list[dict[str, Any]]:
+        lines = self.out_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self._out.close()
+        return self.proc.returncode
+
+
+def remove_tree(path: Path) -> None:
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+# -- profiling (optional: py-spy from bench/.venv-peers) -----------------------------------
+
+PY_SPY = Path(__file__).resolve().parent / ".venv-peers" / "bin" / "py-spy"
+
+
+class PySpy:
+    """``py-spy record`` attached to ``pid`` until ``stop()``; writes collapsed stacks (raw format)."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 250) -> None:
+        if not PY_SPY.exists():
+            raise RuntimeError(f"{PY_SPY} not found: run `bash bench/setup_peers.sh` first")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+             "--threads", "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        time.sleep(0.3)  # attached before the timed part starts
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return summarize_collapsed(self.out) if self.out.exists() else "(py-spy wrote nothing)"
+
+
+def summarize_collapsed(path: Path, top: int = 15) -> str:
+    """Where the samples went: per thread, then the functions with the most inclusive and own time."""
+    import collections
+
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        if frames and frames[0].startswith("thread ("):
+            threads[frames[0]] += count
+            frames = frames[1:]
+        frames = [f for f in frames if not f.startswith("process ")]
+        total += count
+        for f in set(frames):
+            inclusive[f] += count
+        if frames:
+            own[frames[-1]] += count
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples (on-CPU, all threads)"]
+    if threads:
+        lines.append("  per thread:")
+        lines += [f"    {n / total:6.1%}  {t}" for t, n in threads.most_common(6)]
+    lines.append("  inclusive (function and what it calls):")
+    lines += [f"    {n / total:6.1%}  {f}" for f, n in inclusive.most_common(top)]
+    lines.append("  own time (the frame on top of the stack):")
+    lines += [f"    {n / total:6.1%}  {f}" for f, n in own.most_common(top)]
+    return "\n".join(lines)
