@@ -32,7 +32,7 @@ test: install $(KAFKA_LIBS)
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check daemon consumers schemas
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 ## Regenerate schemas/json from the pydantic models.

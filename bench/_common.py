@@ -70,8 +70,9 @@ class Report:
     params: dict[str, Any] = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
 
-    def add(self, name: str, value: float | int | str | None, unit: str = "", target: str = "",
-            ok: bool | None = None) -> None:
+    def add(
+        self, name: str, value: float | int | str | None, unit: str = "", target: str = "", ok: bool | None = None
+    ) -> None:
         if any(f.name == name for f in self.figures):
             raise ValueError(f"figure {name!r} added twice")  # --json keys figures by name
         self.figures.append(Figure(name, value, unit, target, ok))
@@ -96,8 +97,9 @@ class Report:
             rows.append((f.name, _fmt(f.value), f.unit, f.target, mark))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         for n, r in enumerate(rows):
-            cells = (cell.rjust(w) if i == 1 else cell.ljust(w)
-                     for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+            cells = (
+                cell.rjust(w) if i == 1 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+            )
             print("  " + "  ".join(cells).rstrip())
             if n == 0:
                 print("  " + "  ".join("-" * w for w in widths))
@@ -121,8 +123,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 # -- data -----------------------------------------------------------------------------------
 
 
-def write_random_files(folder: Path, count: int, min_size: int, max_size: int, seed: int,
-                       per_dir: int | None = None) -> int:
+def write_random_files(
+    folder: Path, count: int, min_size: int, max_size: int, seed: int, per_dir: int | None = None
+) -> int:
     """``count`` files of random size and random bytes; ``per_dir`` spreads them over subfolders.
 
     Returns the bytes written. One random pool is sliced at random offsets: the bytes are
@@ -140,7 +143,7 @@ def write_random_files(folder: Path, count: int, min_size: int, max_size: int, s
         size = rng.randint(min_size, max_size)
         start = rng.randrange(len(pool) - size)
         with open(current / f"f{i:06d}.bin", "wb") as fh:
-            fh.write(pool[start:start + size])
+            fh.write(pool[start : start + size])
         total += size
     return total
 
@@ -174,8 +177,12 @@ def kafka_broker(bootstrap: str | None) -> Iterator[str]:
         return
     directory = Path(tempfile.mkdtemp(prefix="strandline-bench-kafka-"))
     note(f"starting a Kafka broker in {directory} …")
-    out = subprocess.run([sys.executable, str(BROKER_SCRIPT), "start", "--dir", str(directory)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(BROKER_SCRIPT), "start", "--dir", str(directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     started = out.stdout.strip().splitlines()[-1]
     note(f"Kafka broker at {started}")
     try:
@@ -237,8 +244,9 @@ class VersionsReader:
         for records in batches.values():
             for r in records:
                 headers = {k: v.decode() for k, v in r.headers or []}
-                events.append(Event(now, headers.get("ce_type", ""), headers.get("ce_subject", ""),
-                                    json.loads(r.value)))
+                events.append(
+                    Event(now, headers.get("ce_type", ""), headers.get("ce_subject", ""), json.loads(r.value))
+                )
         return events
 
     def wait_for(self, match: Callable[[Event], bool], timeout: float) -> Event:
@@ -280,7 +288,11 @@ class DaemonProcess:
         self._out = self.out_path.open("wb")
         self.proc = subprocess.Popen(
             [str(exe), "watch", str(folder), "--json", "--log-format", "json", *extra],
-            cwd=workdir, env=env, stdout=self._out, stderr=self._log, start_new_session=True,
+            cwd=workdir,
+            env=env,
+            stdout=self._out,
+            stderr=self._log,
+            start_new_session=True,
         )
 
     @property
@@ -331,9 +343,22 @@ class PySpy:
             raise RuntimeError(f"{PY_SPY} not found: run `bash bench/setup_peers.sh` first")
         self.out = out
         self.proc = subprocess.Popen(
-            [str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-             "--threads", "--nonblocking", "--output", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                str(PY_SPY),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--threads",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         time.sleep(0.3)  # attached before the timed part starts
 

@@ -58,13 +58,21 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=0.2, help="settle window in seconds (default 0.2)")
     p.add_argument("--variants", default="mv,direct", help="comma-separated: mv, direct (default both)")
     p.add_argument("--no-dvc", action="store_true", help="skip the dvc add comparison")
-    p.add_argument("--dvc", type=Path, default=PEERS / "bin" / "dvc",
-                   help="dvc executable (default bench/.venv-peers/bin/dvc, made by bench/setup_peers.sh)")
+    p.add_argument(
+        "--dvc",
+        type=Path,
+        default=PEERS / "bin" / "dvc",
+        help="dvc executable (default bench/.venv-peers/bin/dvc, made by bench/setup_peers.sh)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one burst's event")
     p.add_argument("--seed", type=int, default=20_000, help="random seed for sizes and bytes")
     p.add_argument("--keep", action="store_true", help="leave the run's folders in place (prints where)")
-    p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="record each variant with py-spy (bench/.venv-peers) into DIR and print a summary")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record each variant with py-spy (bench/.venv-peers) into DIR and print a summary",
+    )
     args = p.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if bad := set(variants) - {"mv", "direct"}:
@@ -72,10 +80,15 @@ def main() -> None:
     if not args.no_dvc and not args.dvc.exists():
         p.error(f"{args.dvc} not found: run `bash bench/setup_peers.sh` first, or pass --no-dvc")
 
-    report = c.Report("burst: many small files at once → version event on Kafka, vs dvc add", {
-        "files": args.files, "size_kib": f"{args.min_kib}..{args.max_kib}", "settle_s": args.settle,
-        "variants": ",".join(variants),
-    })
+    report = c.Report(
+        "burst: many small files at once → version event on Kafka, vs dvc add",
+        {
+            "files": args.files,
+            "size_kib": f"{args.min_kib}..{args.max_kib}",
+            "settle_s": args.settle,
+            "variants": ",".join(variants),
+        },
+    )
     work = c.fresh_tempdir("burst")
     c.note(f"run folder {work}")
     try:
@@ -113,8 +126,11 @@ def run(args: argparse.Namespace, variants: list[str], work: Path, bootstrap: st
         def complete(dataset: str) -> c.Event | None:
             try:
                 return reader.wait_for(
-                    lambda e: e.type == "dataset.version.created" and e.data.get("dataset") == dataset
-                    and e.data["totals"]["files"] >= args.files + (1 if dataset == "mvds" else 0),
+                    lambda e: (
+                        e.type == "dataset.version.created"
+                        and e.data.get("dataset") == dataset
+                        and e.data["totals"]["files"] >= args.files + (1 if dataset == "mvds" else 0)
+                    ),
                     args.timeout,
                 )
             except TimeoutError:
@@ -168,8 +184,7 @@ def run(args: argparse.Namespace, variants: list[str], work: Path, bootstrap: st
     report.add("dvc add", dvc_time, "s", "~7.8 s")
     for variant, seconds in strandline.items():
         ratio = dvc_time / seconds
-        report.add(f"ratio dvc add / strandline {variant}", ratio, "x", f">= {TARGET_RATIO:g}",
-                   ratio >= TARGET_RATIO)
+        report.add(f"ratio dvc add / strandline {variant}", ratio, "x", f">= {TARGET_RATIO:g}", ratio >= TARGET_RATIO)
 
 
 def commit_delay(ev: c.Event, since: float) -> float:

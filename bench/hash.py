@@ -43,9 +43,13 @@ def main() -> None:
     from daemon.fingerprint import hash_file
 
     size = args.size_mib * 1024 * 1024
-    report = c.Report("hash: XXH3-128 of a file in the page cache (daemon.fingerprint.hash_file)", {
-        "size_mib": args.size_mib, "reps": args.reps,
-    })
+    report = c.Report(
+        "hash: XXH3-128 of a file in the page cache (daemon.fingerprint.hash_file)",
+        {
+            "size_mib": args.size_mib,
+            "reps": args.reps,
+        },
+    )
     work = c.fresh_tempdir("hash")
     try:
         path = work / "big.bin"

@@ -60,18 +60,31 @@ def main() -> None:
     p.add_argument("--window", type=float, default=30.0, help="idle measurement window, seconds (default 30)")
     p.add_argument("--quiet", type=float, default=3.0, help="seconds to let the daemon calm down first")
     p.add_argument("--timeout", type=float, default=240.0, help="longest wait for the start-up reconcile")
-    p.add_argument("--no-rescan", action="store_true",
-                   help="skip timing one reconcile of the unchanged tree (`strandline scan`) at the end")
-    p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="py-spy (bench/.venv-peers) records the idle window and one re-scan into DIR")
+    p.add_argument(
+        "--no-rescan",
+        action="store_true",
+        help="skip timing one reconcile of the unchanged tree (`strandline scan`) at the end",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy (bench/.venv-peers) records the idle window and one re-scan into DIR",
+    )
     args = p.parse_args()
     if args.dirs % args.datasets or args.files % args.dirs:
         p.error("--dirs must be a multiple of --datasets and --files a multiple of --dirs")
 
-    report = c.Report("idle: daemon watching many files, nothing changing", {
-        "files": args.files, "dirs": args.dirs, "datasets": args.datasets, "file_size": args.file_size,
-        "window_s": args.window,
-    })
+    report = c.Report(
+        "idle: daemon watching many files, nothing changing",
+        {
+            "files": args.files,
+            "dirs": args.dirs,
+            "datasets": args.datasets,
+            "file_size": args.file_size,
+            "window_s": args.window,
+        },
+    )
     work = c.fresh_tempdir("idle")
     try:
         with c.kafka_broker(args.bootstrap) as bootstrap:
@@ -95,7 +108,7 @@ def make_tree(args: argparse.Namespace, root: Path) -> None:
             folder.mkdir(parents=True)
             for _ in range(per_dir):
                 start = (n * 7919) % (len(pool) - args.file_size)
-                (folder / f"f{n:06d}.bin").write_bytes(pool[start:start + args.file_size])
+                (folder / f"f{n:06d}.bin").write_bytes(pool[start : start + args.file_size])
                 n += 1
     c.note(f"created {n} files in {args.dirs} folders in {time.monotonic() - t0:.1f} s")
 
@@ -129,7 +142,7 @@ def family(pid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry))
     out, todo = [], [pid]
     while todo:
@@ -146,7 +159,7 @@ def cpu_ticks(pids: list[int]) -> int:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
     return total
 
@@ -261,12 +274,21 @@ def run(args: argparse.Namespace, work: Path, bootstrap: str, report: c.Report) 
     report.add("  first scan after the daemon (CPU)", max(0.0, first_s - base_s), "s")
     if args.profile is not None:
         out = args.profile / "rescan.collapsed.txt"
-        subprocess.run([str(c.PY_SPY), "record", "--rate", "250", "--format", "raw", "--output", str(out), "--",
-                        *scan], cwd=work, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [str(c.PY_SPY), "record", "--rate", "250", "--format", "raw", "--output", str(out), "--", *scan],
+            cwd=work,
+            env=env,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         c.note(f"py-spy profile of one reconcile of the unchanged tree ({out}):\n{c.summarize_collapsed(out)}")
     config = StrandlineConfig()
-    report.add(f"reconcile amortized over {config.reconcile_interval_seconds:g} s",
-               per_pass / config.reconcile_interval_seconds * 100, "% of a core")
+    report.add(
+        f"reconcile amortized over {config.reconcile_interval_seconds:g} s",
+        per_pass / config.reconcile_interval_seconds * 100,
+        "% of a core",
+    )
 
 
 def cpu_of(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:

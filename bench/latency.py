@@ -44,15 +44,25 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed changes first (default 5)")
     p.add_argument("--settle", type=float, default=0.2, help="settle window in seconds (default 0.2)")
     p.add_argument("--size", type=int, default=4096, help="bytes written per change (default 4096)")
-    p.add_argument("--mode", choices=["subprocess", "thread"], default="subprocess",
-                   help="run the daemon as `strandline watch` (default) or in a thread of this process")
+    p.add_argument(
+        "--mode",
+        choices=["subprocess", "thread"],
+        default="subprocess",
+        help="run the daemon as `strandline watch` (default) or in a thread of this process",
+    )
     p.add_argument("--fetch-max-wait-ms", type=int, default=5, help="consumer fetch_max_wait_ms (default 5)")
     args = p.parse_args()
 
-    report = c.Report("latency: file close → version event readable on Kafka", {
-        "changes": args.changes, "settle_s": args.settle, "mode": args.mode, "size_bytes": args.size,
-        "fetch_max_wait_ms": args.fetch_max_wait_ms,
-    })
+    report = c.Report(
+        "latency: file close → version event readable on Kafka",
+        {
+            "changes": args.changes,
+            "settle_s": args.settle,
+            "mode": args.mode,
+            "size_bytes": args.size,
+            "fetch_max_wait_ms": args.fetch_max_wait_ms,
+        },
+    )
     work = c.fresh_tempdir("latency")
     try:
         with c.kafka_broker(args.bootstrap) as bootstrap:
@@ -96,8 +106,9 @@ def run(args: argparse.Namespace, work: Path, bootstrap: str) -> tuple[list[floa
         from daemon.app import Daemon, Target
         from schemas.config import KafkaConfig, StrandlineConfig
 
-        cfg = StrandlineConfig(state_dir=work / "state", settle_seconds=settle,
-                               kafka=KafkaConfig(bootstrap=bootstrap, topic_prefix=prefix))
+        cfg = StrandlineConfig(
+            state_dir=work / "state", settle_seconds=settle, kafka=KafkaConfig(bootstrap=bootstrap, topic_prefix=prefix)
+        )
         daemon = Daemon(cfg, Target.resolve(cfg, root))
         thread = threading.Thread(target=daemon.run, args=(stop,), name="daemon", daemon=True)
         thread.start()

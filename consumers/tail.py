@@ -59,8 +59,12 @@ def tail(
                     except (ValueError, TypeError):
                         data = {"unparseable": repr(r.value[:200])}
                     yield ReceivedEvent(
-                        r.topic, r.partition, r.offset, r.key.decode("utf-8", "replace") if r.key else None,
-                        headers, data,
+                        r.topic,
+                        r.partition,
+                        r.offset,
+                        r.key.decode("utf-8", "replace") if r.key else None,
+                        headers,
+                        data,
                     )
                     seen += 1
                     if count is not None and seen >= count:

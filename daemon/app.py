@@ -87,6 +87,7 @@ class Daemon:
         self.on_version = on_version
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
+        self.watcher: Watcher | None = None
         self._stop = threading.Event()
 
     def request_stop(self) -> None:
@@ -131,21 +132,28 @@ class Daemon:
             catalog = stack.enter_context(Catalog(path))
             publisher = self.publisher = stack.enter_context(Publisher(path, self.config.kafka))
             engine = self.engine = self._engine(catalog, publisher.wake)
-            watcher = stack.enter_context(Watcher(engine.note_path, engine.note_overflow))
+            watcher = self.watcher = stack.enter_context(Watcher(engine.note_path, engine.note_overflow))
             watcher.ensure(engine.watch_roots())
             publishing = threading.Thread(target=publisher.run, args=(self._stop,), name="publisher", daemon=True)
             publishing.start()
-            log.info("started: %d datasets, catalog %s, Kafka %s",
-                     len(engine.dataset_names), path, self.config.kafka.bootstrap)
+            log.info(
+                "started: %d datasets, catalog %s, Kafka %s",
+                len(engine.dataset_names),
+                path,
+                self.config.kafka.bootstrap,
+            )
             try:
-                engine.run(self._stop, on_reconcile=lambda: watcher.ensure(engine.watch_roots()))
+                engine.run(self._stop, check_watch=lambda: watcher.ensure(engine.watch_roots()))
             finally:
                 self._stop.set()
                 publisher.wake()
                 publishing.join()
                 backlog = catalog.backlog()[0]
-                log.info("stopped: %d versions created this run, %d events wait in the outbox",
-                         engine.versions_created, backlog)
+                log.info(
+                    "stopped: %d versions created this run, %d events wait in the outbox",
+                    engine.versions_created,
+                    backlog,
+                )
 
     def scan(self, *, publish_timeout: float | None) -> tuple[int, int]:
         """One reconcile of every dataset, then (optionally) deliver the outbox. Returns (versions, backlog)."""

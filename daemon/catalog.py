@@ -259,8 +259,9 @@ class Catalog:
         for path in sorted(new.keys() | old.keys(), key=lambda p: p.encode("utf-8")):
             n, o = new.get(path), old.get(path)
             if n and o:
-                out.append(FileChange(path=path, change="modified", size=n[0], new_hash=n[1],
-                                      old_size=o[0], old_hash=o[1]))
+                out.append(
+                    FileChange(path=path, change="modified", size=n[0], new_hash=n[1], old_size=o[0], old_hash=o[1])
+                )
             elif n:
                 out.append(FileChange(path=path, change="added", size=n[0], new_hash=n[1]))
             elif o:
@@ -329,22 +330,29 @@ class Catalog:
             db.execute(
                 "INSERT INTO versions(dataset_id, seq, version_id, parent_seq, parent_version_id, created_at,"
                 " files, bytes, added, modified, removed) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (dataset.id, seq, version_id, row.parent_seq, row.parent_version_id,
-                 row.created_at.isoformat(timespec="microseconds"), row.files, row.bytes,
-                 row.added, row.modified, row.removed),
+                (
+                    dataset.id,
+                    seq,
+                    version_id,
+                    row.parent_seq,
+                    row.parent_version_id,
+                    row.created_at.isoformat(timespec="microseconds"),
+                    row.files,
+                    row.bytes,
+                    row.added,
+                    row.modified,
+                    row.removed,
+                ),
             )
             closing = [(seq, dataset.id, c.path) for c in changes if c.change != "added"]
-            db.executemany(
-                "UPDATE entries SET to_seq=? WHERE dataset_id=? AND path=? AND to_seq IS NULL", closing
-            )
+            db.executemany("UPDATE entries SET to_seq=? WHERE dataset_id=? AND path=? AND to_seq IS NULL", closing)
             opening = []
             for c in changes:
                 if c.change != "removed":
                     st = new_states[c.path]
                     opening.append((dataset.id, c.path, st.size, st.hash, st.mtime_ns, st.inode, seq))
             db.executemany(
-                "INSERT INTO entries(dataset_id, path, size, hash, mtime_ns, inode, from_seq)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO entries(dataset_id, path, size, hash, mtime_ns, inode, from_seq) VALUES (?,?,?,?,?,?,?)",
                 opening,
             )
             if marker_stat is not None:

@@ -102,8 +102,13 @@ def cli() -> None:
 
 
 def _log_options(f: Any) -> Any:
-    f = click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto",
-                     show_default=True, help="Logs on stderr: JSON lines (auto when not a terminal) or text.")(f)
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["auto", "json", "text"]),
+        default="auto",
+        show_default=True,
+        help="Logs on stderr: JSON lines (auto when not a terminal) or text.",
+    )(f)
     return f
 
 
@@ -156,8 +161,9 @@ def watch(folder: Path | None, config: Path | None, as_json: bool, log_format: s
 @click.option("--publish-timeout", default=30.0, show_default=True, help="Seconds to wait for Kafka.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @_log_options
-def scan(folder: Path | None, config: Path | None, no_publish: bool, publish_timeout: float,
-         as_json: bool, log_format: str) -> None:
+def scan(
+    folder: Path | None, config: Path | None, no_publish: bool, publish_timeout: float, as_json: bool, log_format: str
+) -> None:
     """Reconcile every dataset with its folder once, version what changed, and exit.
 
     Use it from cron or CI where a long-running watcher is not wanted. Exits 0 when the
@@ -206,11 +212,19 @@ def datasets(config: Path | None, as_json: bool) -> None:
         _fail(exc)
         return
     if as_json:
-        click.echo(json.dumps([
-            {"name": s.name, "root": s.root, "versions": s.versions,
-             "latest": _version_dict(s.latest) if s.latest else None}
-            for s in summaries
-        ]))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": s.name,
+                        "root": s.root,
+                        "versions": s.versions,
+                        "latest": _version_dict(s.latest) if s.latest else None,
+                    }
+                    for s in summaries
+                ]
+            )
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -218,8 +232,14 @@ def datasets(config: Path | None, as_json: bool) -> None:
     table = Table("dataset", "versions", "latest", "files", "size", "root")
     for s in summaries:
         latest = s.latest
-        table.add_row(s.name, str(s.versions), f"@{latest.seq}" if latest else "-",
-                      str(latest.files) if latest else "-", _human_bytes(latest.bytes) if latest else "-", s.root)
+        table.add_row(
+            s.name,
+            str(s.versions),
+            f"@{latest.seq}" if latest else "-",
+            str(latest.files) if latest else "-",
+            _human_bytes(latest.bytes) if latest else "-",
+            s.root,
+        )
     Console().print(table)
 
 
@@ -295,8 +315,9 @@ def events() -> None:
 @click.option("--count", "-n", type=int, help="Exit after this many events.")
 @click.option("--timeout", type=float, help="Exit after this many seconds without an event.")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as JSON with its CloudEvents headers.")
-def events_tail(config: Path | None, from_beginning: bool, count: int | None, timeout: float | None,
-                as_json: bool) -> None:
+def events_tail(
+    config: Path | None, from_beginning: bool, count: int | None, timeout: float | None, as_json: bool
+) -> None:
     """Print events from the <topic_prefix>.versions topic as they arrive."""
     from consumers.tail import tail
 

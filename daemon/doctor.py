@@ -53,7 +53,9 @@ def check_kafka(config: StrandlineConfig, timeout: float = 3.0) -> Check:
         except (OSError, ValueError) as exc:
             errors.append(f"{server.strip()}: {exc}")
     return Check(
-        "kafka", False, "no broker answers (" + "; ".join(errors) + ")",
+        "kafka",
+        False,
+        "no broker answers (" + "; ".join(errors) + ")",
         "start Kafka (`make kafka` starts a local one) or set [kafka] bootstrap / STRANDLINE_KAFKA_BOOTSTRAP",
     )
 
@@ -67,7 +69,9 @@ def check_inotify(datasets: list[DatasetConfig]) -> Check:
     detail = f"{needed} folders to watch, max_user_watches={limit}, max_queued_events={queued}"
     if needed > limit * 0.8:
         return Check(
-            "inotify", False, detail,
+            "inotify",
+            False,
+            detail,
             f"raise it: sysctl fs.inotify.max_user_watches={max(needed * 2, 524288)} "
             "(persist in /etc/sysctl.d/60-strandline.conf)",
         )
@@ -80,8 +84,9 @@ def check_roots(datasets: list[DatasetConfig]) -> list[Check]:
         if not ds.root.is_dir():
             out.append(Check(f"root {ds.name}", False, f"{ds.root} is missing", "create it or fix the dataset's root"))
         elif not os.access(ds.root, os.R_OK | os.X_OK):
-            out.append(Check(f"root {ds.name}", False, f"{ds.root} is not readable",
-                             "grant the daemon's user read access"))
+            out.append(
+                Check(f"root {ds.name}", False, f"{ds.root} is not readable", "grant the daemon's user read access")
+            )
         else:
             out.append(Check(f"root {ds.name}", True, str(ds.root)))
     return out
@@ -100,7 +105,9 @@ def check_outbox(config: StrandlineConfig) -> Check:
         return Check("outbox", True, "empty: every event was delivered")
     age = time.time() - (oldest or time.time())
     return Check(
-        "outbox", age < 60, f"{count} events wait for Kafka, oldest {age:.0f} s old",
+        "outbox",
+        age < 60,
+        f"{count} events wait for Kafka, oldest {age:.0f} s old",
         "" if age < 60 else "check Kafka; the daemon delivers the backlog in order when it is back",
     )
 

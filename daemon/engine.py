@@ -9,6 +9,7 @@ still open for writing (no close-write seen yet), the latter bounded by ``max_op
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -26,6 +27,8 @@ from schemas.events import FileChange
 log = logging.getLogger(__name__)
 
 _ERROR_RETRY_SECONDS = 5.0
+# How often the loop checks that the watcher is alive and every root is watched.
+_WATCH_CHECK_SECONDS = 2.0
 
 
 @dataclass
@@ -84,14 +87,14 @@ class Engine:
     def _add(self, ds: DatasetConfig) -> None:
         versioner = Versioner(self.catalog, self.config, ds, on_version=self._on_version)
         entry = _Dataset(
-            ds, versioner, versioner.root,
+            ds,
+            versioner,
+            versioner.root,
             ds.settle_seconds if ds.settle_seconds is not None else self.config.settle_seconds,
         )
         with self._cond:
             self._datasets[ds.name] = entry
-            self._routes = sorted(
-                ((d.root, d) for d in self._datasets.values()), key=lambda r: len(r[0]), reverse=True
-            )
+            self._routes = sorted(((d.root, d) for d in self._datasets.values()), key=lambda r: len(r[0]), reverse=True)
         log.info("watching dataset %s at %s", ds.name, entry.root, extra={"dataset": ds.name})
 
     @property
@@ -164,11 +167,14 @@ class Engine:
         """The kernel dropped events below ``root``: reconcile what it covers once quiet."""
         self.overflows += 1
         log.warning("watcher overflowed below %s; events were lost, re-scanning the datasets there", root)
+        self._rescan_below(root, immediate=False)
+
+    def _rescan_below(self, root: str, *, immediate: bool) -> None:
         for d in list(self._datasets.values()):
             if d.root == root or d.root.startswith(root + os.sep) or root.startswith(d.root + os.sep):
                 with self._cond:
                     d.pending.open.clear()
-                self._request_full(d, immediate=False)
+                self._request_full(d, immediate=immediate)
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -220,14 +226,23 @@ class Engine:
         try:
             outcome = d.versioner.process(dirty)
         except (StrandlineError, OSError, sqlite3.Error) as exc:
-            log.error("dataset %s: cannot version now (%s); retrying in %.0f s",
-                      d.config.name, exc, _ERROR_RETRY_SECONDS, extra={"dataset": d.config.name})
+            log.error(
+                "dataset %s: cannot version now (%s); retrying in %.0f s",
+                d.config.name,
+                exc,
+                _ERROR_RETRY_SECONDS,
+                extra={"dataset": d.config.name},
+            )
             self._requeue(d, dirty, delay=_ERROR_RETRY_SECONDS)
             return
         except Exception:
             # A bug must cost one dataset a retry, never the daemon: log it whole and go on.
-            log.exception("dataset %s: unexpected error while versioning; retrying in %.0f s",
-                          d.config.name, _ERROR_RETRY_SECONDS, extra={"dataset": d.config.name})
+            log.exception(
+                "dataset %s: unexpected error while versioning; retrying in %.0f s",
+                d.config.name,
+                _ERROR_RETRY_SECONDS,
+                extra={"dataset": d.config.name},
+            )
             self._requeue(d, dirty, delay=_ERROR_RETRY_SECONDS)
             return
         if outcome.version is not None:
@@ -266,21 +281,28 @@ class Engine:
                 self._add(ds)
                 self._request_full(self._datasets[ds.name], immediate=False)
 
-    def run(self, stop: threading.Event, *, on_reconcile: Callable[[], object] | None = None) -> None:
-        """Loop until ``stop`` is set: version quiet datasets, reconcile periodically."""
+    def run(self, stop: threading.Event, *, check_watch: Callable[[], list[str]] | None = None) -> None:
+        """Loop until ``stop`` is set: version quiet datasets, reconcile periodically.
+
+        ``check_watch`` makes sure every root is watched by a live watcher and returns the roots
+        it (re)started watching: events there may have been missed, so they are re-scanned.
+        """
         interval = self.config.reconcile_interval_seconds
         next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
+        next_check = time.monotonic() + _WATCH_CHECK_SECONDS
         self.request_reconcile()
         while not stop.is_set():
             self._maybe_discover()
             self.process_due()
             now = time.monotonic()
+            if check_watch is not None and now >= next_check:
+                for root in check_watch():
+                    self._rescan_below(root, immediate=True)
+                next_check = now + _WATCH_CHECK_SECONDS
             if now >= next_reconcile:
                 with self._cond:
                     self._rediscover = True
                 self._maybe_discover()
-                if on_reconcile is not None:
-                    on_reconcile()
                 self.request_reconcile()
                 next_reconcile = now + interval
                 continue
@@ -289,7 +311,7 @@ class Engine:
                     continue
                 # Recomputed under the lock: an event may have arrived since _take_due.
                 deadlines = [dl for d in self._datasets.values() if (dl := self._deadline(d)) is not None]
-                timeout = min([next_reconcile, *deadlines]) - time.monotonic()
+                timeout = min([next_reconcile, next_check if check_watch else math.inf, *deadlines]) - time.monotonic()
                 if timeout > 0:
                     self._cond.wait(timeout=min(timeout, 5.0))
 

@@ -101,7 +101,9 @@ def version_messages(
                 chunk=i,
                 chunks=len(chunks),
                 changes=tuple(chunk),
-            ).model_dump_json(exclude_none=True).encode(),
+            )
+            .model_dump_json(exclude_none=True)
+            .encode(),
             headers=_headers(
                 "dataset.version.changes",
                 event_id("dataset.version.changes", source, str(row.seq), row.version_id, str(i)),
@@ -138,8 +140,9 @@ def rejection_message(kafka: KafkaConfig, host: str, rejected: InputRejected) ->
         value=rejected.model_dump_json().encode(),
         headers=_headers(
             "dataset.input.rejected",
-            event_id("dataset.input.rejected", source, rejected.path, rejected.reason,
-                     rejected.detected_at.isoformat()),
+            event_id(
+                "dataset.input.rejected", source, rejected.path, rejected.reason, rejected.detected_at.isoformat()
+            ),
             source,
             f"{rejected.dataset}:{rejected.path}",
             rejected.detected_at,

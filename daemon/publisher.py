@@ -71,13 +71,18 @@ class Publisher:
             self.degraded_since = time.time()
             log.warning(
                 "degraded: cannot publish to Kafka at %s (%s); versioning continues, %d events wait in the outbox",
-                self._kafka.bootstrap, reason, backlog,
+                self._kafka.bootstrap,
+                reason,
+                backlog,
             )
 
     def _recovered(self) -> None:
         if self.degraded_since is not None:
-            log.info("recovered: Kafka at %s reachable again after %.1f s; delivering the backlog",
-                     self._kafka.bootstrap, time.time() - self.degraded_since)
+            log.info(
+                "recovered: Kafka at %s reachable again after %.1f s; delivering the backlog",
+                self._kafka.bootstrap,
+                time.time() - self.degraded_since,
+            )
         self.degraded_since = None
         self.last_error = None
         self._backoff = 0.5
@@ -115,8 +120,7 @@ class Publisher:
                     failure = PublishError("stopping before the broker acknowledged")
                     break
                 if time.monotonic() > slow_after:
-                    self._degraded(f"no acknowledgement within {_SLOW_ACK_SECONDS:.0f} s",
-                                   self._catalog.backlog()[0])
+                    self._degraded(f"no acknowledgement within {_SLOW_ACK_SECONDS:.0f} s", self._catalog.backlog()[0])
             if failure is not None:
                 break
             acked.append(item.id)

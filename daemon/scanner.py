@@ -67,9 +67,7 @@ def stat_error(rel: str, exc: OSError) -> Rejection:
     return Rejection(rel, "io_error", f"cannot read: {exc.strerror or exc}")
 
 
-def classify_entry(
-    root: str, rel: str, st: os.stat_result, filt: PathFilter, on_reject: OnReject
-) -> FileStat | None:
+def classify_entry(root: str, rel: str, st: os.stat_result, filt: PathFilter, on_reject: OnReject) -> FileStat | None:
     """The FileStat of a wanted regular file, or None (reporting why when it matters)."""
     if not filt.wants_file(rel):
         return None

@@ -73,7 +73,10 @@ class Versioner:
         self._reported.add((shown, rej.reason))
         log.warning(
             "dataset %s: %s not versioned (%s): %s",
-            self.dataset.name, shown, rej.reason, rej.detail,
+            self.dataset.name,
+            shown,
+            rej.reason,
+            rej.detail,
             extra={"dataset": self.dataset.name},
         )
         event = InputRejected(
@@ -101,8 +104,11 @@ class Versioner:
         if not os.path.isdir(self.root):
             if not self._root_missing:
                 self._root_missing = True
-                self._reject(Rejection(".", "root_missing",
-                                       f"dataset root {self.root} is missing; versions resume when it is back"))
+                self._reject(
+                    Rejection(
+                        ".", "root_missing", f"dataset root {self.root} is missing; versions resume when it is back"
+                    )
+                )
             return Outcome()
         if self._root_missing:
             log.info("dataset %s: root %s is back", self.dataset.name, self.root)
@@ -146,8 +152,7 @@ class Versioner:
             else:
                 fresh[rel] = state
 
-        changes = diff({p: known[p] for p in fresh if p in known} | {p: known[p] for p in removed},
-                       fresh)
+        changes = diff({p: known[p] for p in fresh if p in known} | {p: known[p] for p in removed}, fresh)
         self.catalog.update_stats(self.row.id, stat_only)
         if not changes:
             if marker_stat is not None:
@@ -171,7 +176,14 @@ class Versioner:
         outcome.version, outcome.changes = row, changes
         log.info(
             "dataset %s: version %d created (+%d ~%d -%d, %d files, %d bytes, id %s)",
-            row.dataset, row.seq, row.added, row.modified, row.removed, row.files, row.bytes, row.version_id,
+            row.dataset,
+            row.seq,
+            row.added,
+            row.modified,
+            row.removed,
+            row.files,
+            row.bytes,
+            row.version_id,
             extra={"dataset": row.dataset, "version": row.seq},
         )
         if self._on_version is not None:

@@ -10,9 +10,11 @@ overflow with a full reconcile of the affected roots.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal
@@ -33,6 +35,11 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger(__name__)
+
+# watchdog re-adds every sub-folder watch after an overflow, then replays the queued IN_CREATE
+# of a folder it just re-added and warns; harmless, and it must not reach stderr (or, under a
+# strict warnings filter, kill watchdog's reader thread).
+warnings.filterwarnings("ignore", message=r"Callback with id .* already exists", category=RuntimeWarning)
 
 
 # "write": bytes may still be coming (modified, no close yet); "done": the file is complete
@@ -143,17 +150,44 @@ class Watcher:
         self._handler = _Handler(on_path, on_overflow)
         self._observer = _make_observer()
         self._watches: dict[tuple[str, bool], ObservedWatch] = {}
+        self.restarts = 0
 
     def __enter__(self) -> Watcher:
         self._observer.start()
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop_observer()
+
+    def _stop_observer(self) -> None:
         self._observer.stop()
         self._observer.join(timeout=10)
 
+    def _threads_alive(self) -> bool:
+        # The observer and, on Linux, the one thread that reads the inotify descriptor: if either
+        # died, no event arrives any more, silently.
+        reader = getattr(self._observer, "_inotify_fd", None)
+        return self._observer.is_alive() and (reader is None or reader.is_alive())
+
+    def _restart_if_dead(self) -> bool:
+        if self._threads_alive():
+            return False
+        self.restarts += 1
+        log.error("the filesystem watcher stopped; restarting it and re-scanning every root")
+        with contextlib.suppress(Exception):
+            self._stop_observer()
+        self._observer = _make_observer()
+        self._watches.clear()
+        self._observer.start()
+        return True
+
     def ensure(self, roots: dict[str, bool]) -> list[str]:
-        """Watch each existing root (path → recursive); return roots newly watched."""
+        """Watch each existing root (path → recursive); return roots newly watched.
+
+        Newly watched roots may have missed events (they appeared, or the watcher was restarted),
+        so the caller reconciles them.
+        """
+        self._restart_if_dead()
         added = []
         alive = {e.watch for e in self._observer.emitters if e.is_alive()}
         for key, watch in list(self._watches.items()):

@@ -1,7 +1,7 @@
 """Write the JSON Schema of every event type and of the config into schemas/json/.
 
-    python -m schemas.generate          rewrite the files
-    python -m schemas.generate --check  exit 1 if any file is stale
+python -m schemas.generate          rewrite the files
+python -m schemas.generate --check  exit 1 if any file is stale
 """
 
 from __future__ import annotations

@@ -103,8 +103,9 @@ def _ready(bootstrap: str, timeout: float) -> bool:
     return False
 
 
-def start(directory: Path, port: int | None = None, *, extra: dict[str, str] | None = None,
-          timeout: float = 60.0) -> str:
+def start(
+    directory: Path, port: int | None = None, *, extra: dict[str, str] | None = None, timeout: float = 60.0
+) -> str:
     """Start a broker whose state lives in ``directory``; return its bootstrap address."""
     libs = fetch()
     directory.mkdir(parents=True, exist_ok=True)
@@ -120,16 +121,39 @@ def start(directory: Path, port: int | None = None, *, extra: dict[str, str] | N
     java = os.environ.get("JAVA", "java")
     if not (data / "meta.properties").exists():
         subprocess.run(
-            [java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J}", "kafka.tools.StorageTool",
-             "format", "-t", uuid.uuid4().hex[:22], "-c", str(props)],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                java,
+                "-cp",
+                classpath,
+                f"-Dlog4j2.configurationFile={LOG4J}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                uuid.uuid4().hex[:22],
+                "-c",
+                str(props),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     (directory / "broker.port").write_text(f"{port} {controller_port}")
     with (directory / "broker.log").open("ab") as log:
         proc = subprocess.Popen(
-            [java, "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             f"-Dlog4j2.configurationFile={LOG4J}", "-cp", classpath, "kafka.Kafka", str(props)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                java,
+                "-Xms128m",
+                "-Xmx512m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j2.configurationFile={LOG4J}",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(props),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     _PROCS[proc.pid] = proc
     (directory / "broker.pid").write_text(str(proc.pid))

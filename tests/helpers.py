@@ -40,8 +40,9 @@ class Event:
     size: int
 
 
-def read_events(bootstrap: str, topic: str, *, min_count: int = 1, timeout: float = 20.0,
-                settle: float = 0.0) -> list[Event]:
+def read_events(
+    bootstrap: str, topic: str, *, min_count: int = 1, timeout: float = 20.0, settle: float = 0.0
+) -> list[Event]:
     """Every record of ``topic`` (all partitions) from the beginning, once at least ``min_count`` arrived.
 
     With ``settle`` > 0, keep reading that long after reaching ``min_count`` to catch extras.
@@ -58,12 +59,14 @@ def read_events(bootstrap: str, topic: str, *, min_count: int = 1, timeout: floa
         while time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=100).values():
                 for r in records:
-                    out.append(Event(
-                        r.key.decode() if r.key else None,
-                        {k: v.decode() for k, v in r.headers},
-                        json.loads(r.value),
-                        len(r.value),
-                    ))
+                    out.append(
+                        Event(
+                            r.key.decode() if r.key else None,
+                            {k: v.decode() for k, v in r.headers},
+                            json.loads(r.value),
+                            len(r.value),
+                        )
+                    )
             if len(out) >= min_count:
                 reached = reached or time.monotonic()
                 if time.monotonic() - reached >= settle:
@@ -75,7 +78,8 @@ def read_events(bootstrap: str, topic: str, *, min_count: int = 1, timeout: floa
 
 def version_events(events: list[Event], dataset: str | None = None) -> list[Event]:
     return [
-        e for e in events
+        e
+        for e in events
         if e.headers.get("ce_type") == "dataset.version.created" and (dataset is None or e.key == dataset)
     ]
 

@@ -30,8 +30,7 @@ def test_odd_files_are_reported_and_good_files_still_versioned(
     finally:
         running.stop()
     assert set(manifest) == {long_name, "empty.csv", "spaces and ünïcode $(reboot).csv"}
-    rejected = {e.data["path"]: e.data["reason"] for e in events
-                if e.headers["ce_type"] == "dataset.input.rejected"}
+    rejected = {e.data["path"]: e.data["reason"] for e in events if e.headers["ce_type"] == "dataset.input.rejected"}
     assert rejected["pipe"] == "not_regular_file"
     assert rejected["latin1-\\xe9.csv"] == "non_utf8_name"
 
@@ -40,14 +39,17 @@ def test_a_root_that_disappears_is_reported_and_resumes_when_back(config_for, tm
     root = tmp_path / "vanishing"
     root.mkdir()
     (root / "a.csv").write_text("1\n")
-    config = config_for([DatasetConfig(name="gone", root=root, settle_seconds=0.2)],
-                        reconcile_interval_seconds=0.5)
+    config = config_for([DatasetConfig(name="gone", root=root, settle_seconds=0.2)], reconcile_interval_seconds=0.5)
     running = start_daemon(config)
     try:
         wait_for(lambda: running.versions("gone"), what="first version")
         shutil.rmtree(root)
-        wait_for(lambda: running.daemon.engine is not None
-                 and running.daemon.engine._datasets["gone"].versioner._root_missing, what="root missing noticed")
+        wait_for(
+            lambda: (
+                running.daemon.engine is not None and running.daemon.engine._datasets["gone"].versioner._root_missing
+            ),
+            what="root missing noticed",
+        )
         root.mkdir()
         (root / "a.csv").write_text("1\n")
         (root / "b.csv").write_text("2\n")

@@ -18,8 +18,12 @@ COMMANDS = ["watch", "scan", "datasets", "versions", "show", "events", "doctor"]
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
-        env=base | (env or {}), cwd=cwd, timeout=120,
+        [sys.executable, "-m", "daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        env=base | (env or {}),
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -37,8 +41,11 @@ def scanned(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> tuple[Pa
     (data / "sales").mkdir(parents=True)
     (data / "sales" / "a.csv").write_text("id\n1\n")
     (data / "sales" / "b.csv").write_text("id\n2\n")
-    env = {"STRANDLINE_STATE_DIR": str(tmp_path / "state"), "STRANDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-           "STRANDLINE_KAFKA_TOPIC_PREFIX": topic_prefix}
+    env = {
+        "STRANDLINE_STATE_DIR": str(tmp_path / "state"),
+        "STRANDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "STRANDLINE_KAFKA_TOPIC_PREFIX": topic_prefix,
+    }
     out = run("scan", str(data), "--json", env=env)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
@@ -80,8 +87,11 @@ def test_unknown_versions_and_bad_refs_say_what_to_do(scanned: tuple[Path, dict[
 
 def test_doctor_fails_on_unreachable_kafka_and_says_how_to_fix_it(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
-    out = run("doctor", str(tmp_path), env={"STRANDLINE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
-                                              "STRANDLINE_STATE_DIR": str(tmp_path / "s")})
+    out = run(
+        "doctor",
+        str(tmp_path),
+        env={"STRANDLINE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "STRANDLINE_STATE_DIR": str(tmp_path / "s")},
+    )
     assert out.returncode == 1
     assert "FAIL kafka" in out.stdout and "STRANDLINE_KAFKA_BOOTSTRAP" in out.stdout
     assert "max_user_watches" in out.stdout

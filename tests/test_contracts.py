@@ -12,16 +12,17 @@ from schemas.generate import OUT, rendered
 
 
 def test_checked_in_json_schemas_are_current() -> None:
-    stale = [name for name, text in rendered().items() if not (OUT / name).exists()
-             or (OUT / name).read_text() != text]
+    stale = [name for name, text in rendered().items() if not (OUT / name).exists() or (OUT / name).read_text() != text]
     assert not stale, f"stale schemas {stale}: run `make schemas`"
 
 
-def test_env_overrides_the_config_file_and_keeps_its_other_keys(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_overrides_the_config_file_and_keeps_its_other_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "strandline.toml"
-    cfg.write_text('[kafka]\nbootstrap = "file:1"\ntopic_prefix = "fromfile"\n'
-                   '[[datasets]]\nname = "sales"\nroot = "data/sales"\n')
+    cfg.write_text(
+        '[kafka]\nbootstrap = "file:1"\ntopic_prefix = "fromfile"\n[[datasets]]\nname = "sales"\nroot = "data/sales"\n'
+    )
     monkeypatch.setenv("STRANDLINE_KAFKA_BOOTSTRAP", "env:2")
     config = load_config(cfg)
     assert config.kafka.bootstrap == "env:2"

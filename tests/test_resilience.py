@@ -36,9 +36,10 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
     caplog.set_level(logging.INFO, logger="daemon")
     broker_dir = tmp_path / "own-broker"
     bootstrap = kafka_broker.start(broker_dir)
-    config = config_for([DatasetConfig(name="outage", root=data_dir, settle_seconds=0.2)],
-                        kafka={"bootstrap": bootstrap, "topic_prefix": "outage", "partitions": 1,
-                               "delivery_timeout_seconds": 15})
+    config = config_for(
+        [DatasetConfig(name="outage", root=data_dir, settle_seconds=0.2)],
+        kafka={"bootstrap": bootstrap, "topic_prefix": "outage", "partitions": 1, "delivery_timeout_seconds": 15},
+    )
     running = start_daemon(config)
     try:
         (data_dir / "before.csv").write_text("x\n")
@@ -54,8 +55,9 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
         kafka_broker.start(broker_dir)
         wait_for(lambda: running.backlog() == 0, 90, what="backlog delivered")
         versions = running.versions("outage")
-        events = version_events(read_events(bootstrap, config.kafka.versions_topic, min_count=len(versions),
-                                            settle=1.0))
+        events = version_events(
+            read_events(bootstrap, config.kafka.versions_topic, min_count=len(versions), settle=1.0)
+        )
         with running.catalog() as c:
             added = _added_counts(c, "outage")
     finally:
@@ -140,8 +142,7 @@ def test_daemon_killed_while_files_arrive_versions_every_change_exactly_once(
         seqs = [v.seq for v in c.versions("killed")]
     assert len(added) == len(written) and set(added.values()) == {1}, "each file added exactly once"
     assert all(manifest[p.name].hash == xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in written)
-    events = version_events(read_events(kafka_bootstrap, f"{topic_prefix}.versions", min_count=len(seqs),
-                                        settle=1.0))
+    events = version_events(read_events(kafka_bootstrap, f"{topic_prefix}.versions", min_count=len(seqs), settle=1.0))
     assert sorted({e.data["version"] for e in events}) == seqs
 
 
@@ -166,8 +167,7 @@ def test_inotify_queue_overflow_is_noticed_and_nothing_is_missed(
     tiny_inotify_queue, config_for, data_dir: Path
 ) -> None:
     # Periodic reconcile is off: only overflow detection can find the dropped events.
-    config = config_for([DatasetConfig(name="flood", root=data_dir, settle_seconds=0.5)],
-                        reconcile_interval_seconds=0)
+    config = config_for([DatasetConfig(name="flood", root=data_dir, settle_seconds=0.5)], reconcile_interval_seconds=0)
     running = start_daemon(config)
     try:
         for sub in range(10):
@@ -182,3 +182,27 @@ def test_inotify_queue_overflow_is_noticed_and_nothing_is_missed(
     with Catalog(catalog_path(config), readonly=True) as c:
         added = _added_counts(c, "flood")
     assert len(added) == 3000 and set(added.values()) == {1}
+
+
+def test_a_dead_watcher_is_restarted_and_what_it_missed_is_versioned(config_for, data_dir: Path) -> None:
+    # Periodic reconcile is off: only the watcher check can bring the events back.
+    config = config_for([DatasetConfig(name="revive", root=data_dir, settle_seconds=0.2)], reconcile_interval_seconds=0)
+    running = start_daemon(config)
+    try:
+        (data_dir / "first.csv").write_text("1\n")
+        wait_for(lambda: running.versions("revive"), what="first version")
+        watcher = running.daemon.watcher
+        assert watcher is not None
+        reader = watcher._observer._inotify_fd  # type: ignore[attr-defined]
+        reader.stop()  # the thread that reads inotify exits: from here on no event arrives
+        reader.join(timeout=10)
+        (data_dir / "while-dead.csv").write_text("2\n")
+        wait_for(lambda: watcher.restarts == 1, 15, what="watcher restart")
+        wait_for(lambda: len(running.versions("revive")) == 2, 15, what="missed file versioned")
+        (data_dir / "after.csv").write_text("3\n")  # seen by the new watcher's events
+        wait_for(lambda: len(running.versions("revive")) == 3, 15, what="new events after restart")
+        with running.catalog() as c:
+            manifest = c.manifest("revive", 3)
+    finally:
+        running.stop()
+    assert set(manifest) == {"first.csv", "while-dead.csv", "after.csv"}

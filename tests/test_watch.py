@@ -38,10 +38,14 @@ def test_parquet_and_csv_dropped_in_each_yield_one_event_with_hash_and_headers(
     assert [e.data["version"] for e in events] == [1, 2]
     first, second = events
     assert first.key == "sales"
-    assert first.data["changes"] == [{
-        "path": "orders.parquet", "change": "added",
-        "size": (data_dir / "orders.parquet").stat().st_size, "new_hash": _xxh(data_dir / "orders.parquet"),
-    }]
+    assert first.data["changes"] == [
+        {
+            "path": "orders.parquet",
+            "change": "added",
+            "size": (data_dir / "orders.parquet").stat().st_size,
+            "new_hash": _xxh(data_dir / "orders.parquet"),
+        }
+    ]
     assert second.data["changes"][0]["path"] == "items.csv"
     assert second.data["changes"][0]["new_hash"] == _xxh(data_dir / "items.csv")
     assert second.data["parent_version_id"] == first.data["version_id"]
@@ -176,8 +180,7 @@ def test_a_symlink_escaping_the_root_is_not_followed_and_is_reported(
     finally:
         running.stop()
     assert set(manifest) == {"real.csv"}
-    rejected = {e.data["path"]: e.data["reason"] for e in events
-                if e.headers["ce_type"] == "dataset.input.rejected"}
+    rejected = {e.data["path"]: e.data["reason"] for e in events if e.headers["ce_type"] == "dataset.input.rejected"}
     assert rejected["escape.txt"] == "symlink_escapes_root"
     assert "loop" in rejected
 
