@@ -2,9 +2,11 @@
 
     StrandlineError
     ├── ConfigError            the config file or environment is wrong; the message names key and fix
+    │   └── SuiteError         a Great Expectations suite file is missing or not valid GX 1.x JSON
     ├── CatalogError           the SQLite catalog cannot be opened or is locked by another daemon
     ├── SourceError            a dataset root cannot be watched or read (missing, permission denied)
     ├── UnreadableDataError    one file cannot be read (vanished, permission denied, not a regular file)
+    │   └── UnreadableTableError  the bytes were read but are not a table of their format (corrupt, ragged)
     ├── VersionNotFoundError   NAME@N does not exist
     └── PublishError           Kafka cannot be reached or refused a message
 
@@ -23,6 +25,10 @@ class ConfigError(StrandlineError):
     """Invalid configuration: the message names the file, the key and what is allowed."""
 
 
+class SuiteError(ConfigError):
+    """A validation suite cannot be loaded: the message names the file and what is wrong in it."""
+
+
 class CatalogError(StrandlineError):
     """The catalog cannot be opened, migrated or written."""
 
@@ -33,6 +39,10 @@ class SourceError(StrandlineError):
 
 class UnreadableDataError(StrandlineError):
     """A single file cannot be fingerprinted."""
+
+
+class UnreadableTableError(UnreadableDataError):
+    """A file of a tabular format cannot be parsed as a table; the message says why, for the log and event."""
 
 
 class VersionNotFoundError(StrandlineError):
