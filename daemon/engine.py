@@ -31,6 +31,17 @@ _ERROR_RETRY_SECONDS = 5.0
 _WATCH_CHECK_SECONDS = 2.0
 
 
+def _below_any(rel: str, folders: set[str]) -> bool:
+    """True when a parent folder of ``rel`` is in ``folders``."""
+    cut = rel.rfind("/")
+    while cut > 0:
+        rel = rel[:cut]
+        if rel in folders:
+            return True
+        cut = rel.rfind("/")
+    return False
+
+
 @dataclass
 class _Pending:
     paths: set[str] = field(default_factory=set)
@@ -77,8 +88,10 @@ class Engine:
         self._datasets: dict[str, _Dataset] = {}
         self._routes: list[tuple[str, _Dataset]] = []
         self._rediscover = False
+        self._in_flight: set[str] = set()
         self.overflows = 0
         self.versions_created = 0
+        self.passes = 0  # versioning passes run (one per quiet change-set or reconcile)
         for ds in datasets:
             self._add(ds)
 
@@ -156,7 +169,10 @@ class Engine:
             if not p.any:
                 p.first_event = now
             p.last_event = now
-            p.paths.add(rel)
+            # A folder (or everything) already due for a walk covers the files below it: a
+            # folder of 20,000 files being written costs one walk, not 20,000 extra stats.
+            if not (p.full or _below_any(rel, p.paths)):
+                p.paths.add(rel)
             if kind == "write":
                 p.open.add(rel)
             elif kind in ("done", "gone"):
@@ -215,6 +231,7 @@ class Engine:
                 if deadline <= now:
                     p = d.pending
                     due.append((d, None if p.full else set(p.paths)))
+                    self._in_flight.add(d.config.name)
                     # Files still open stay tracked, unless their allowance just ran out.
                     expired = p.open and now >= p.first_event + self.config.max_open_seconds
                     d.pending = _Pending(open=set() if expired else p.open)
@@ -223,6 +240,7 @@ class Engine:
         return due, next_deadline
 
     def _process(self, d: _Dataset, dirty: set[str] | None) -> None:
+        self.passes += 1
         try:
             outcome = d.versioner.process(dirty)
         except (StrandlineError, OSError, sqlite3.Error) as exc:
@@ -268,8 +286,18 @@ class Engine:
         now = float("inf") if ignore_settle else time.monotonic()
         due, next_deadline = self._take_due(now)
         for d, dirty in due:
-            self._process(d, dirty)
+            try:
+                self._process(d, dirty)
+            finally:
+                with self._cond:
+                    self._in_flight.discard(d.config.name)
         return next_deadline
+
+    def settled(self, name: str) -> bool:
+        """True when every event noted for dataset ``name`` so far has been acted on."""
+        with self._cond:
+            d = self._datasets.get(name)
+            return d is not None and not d.pending.any and name not in self._in_flight
 
     def _maybe_discover(self) -> None:
         with self._cond:

@@ -18,6 +18,8 @@ def _default_ignored(rel: str) -> bool:
     """The rules of schemas.config.DEFAULT_IGNORES: hidden parts, tool temp names and folders."""
     if rel.endswith(_IGNORED_SUFFIXES):
         return True
+    if not (rel.startswith(".") or "/." in rel or "_temporary" in rel or "__pycache__" in rel):
+        return False  # the common case, decided without splitting the path
     return any(part.startswith(".") or part in _IGNORED_DIRS for part in rel.split("/"))
 
 

@@ -32,6 +32,7 @@ DEFAULT_IGNORES: tuple[str, ...] = (
     "**/_temporary/**",
     "**/_temporary",
     "**/__pycache__/**",
+    "**/__pycache__",
 )
 
 Seconds = Annotated[float, Field(ge=0.0, le=86400.0)]

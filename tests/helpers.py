@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 from daemon.app import Daemon, Target
 from daemon.catalog import Catalog, VersionRow
 from daemon.config import catalog_path
-from schemas.config import StrandlineConfig
+from schemas.config import DatasetConfig, StrandlineConfig
 
 T = TypeVar("T")
 
@@ -105,10 +105,33 @@ class RunningDaemon:
         with self.catalog() as c:
             return c.backlog()[0]
 
+    def barrier(self, *datasets: str) -> None:
+        """Return once every filesystem event from before the call has been acted on for ``datasets``.
+
+        Needs the ``probe`` dataset (``probe_dataset``): inotify delivers events in order on one
+        descriptor, so once a file written now to the probe is versioned, every earlier event
+        was noted; then wait until the datasets have nothing pending. Proves absence of a
+        version without sleeping.
+        """
+        probe = next(d for d in self.config.datasets if d.name == "probe")
+        n = len(self.versions("probe"))
+        (probe.root / f"barrier-{n}.txt").write_text(str(n))
+        wait_for(lambda: len(self.versions("probe")) > n, what="the probe's version")
+        engine = self.daemon.engine
+        assert engine is not None
+        wait_for(lambda: all(engine.settled(d) for d in datasets), what=f"{datasets} settled")
+
     def stop(self) -> None:
         self.daemon.request_stop()
         self.thread.join(timeout=60)
         assert not self.thread.is_alive(), "daemon did not stop within 60 s"
+
+
+def probe_dataset(tmp_path: Path) -> DatasetConfig:
+    """A dataset beside the ones under test, for ``RunningDaemon.barrier``."""
+    root = tmp_path / "probe"
+    root.mkdir(exist_ok=True)
+    return DatasetConfig(name="probe", root=root, settle_seconds=0.05)
 
 
 def start_daemon(config: StrandlineConfig, folder: Path | None = None) -> RunningDaemon:

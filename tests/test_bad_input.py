@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from schemas.config import DatasetConfig
 from tests.helpers import read_events, start_daemon, wait_for
@@ -58,3 +64,60 @@ def test_a_root_that_disappears_is_reported_and_resumes_when_back(config_for, tm
     finally:
         running.stop()
     assert versions[-1].files == 2 and versions[-1].added == 1 and versions[-1].removed == 0
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix that drops root (permission bits do not stop root), or [] when not root."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot drop privileges to test permissions")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+def test_unreadable_files_and_folders_are_reported_and_the_rest_is_versioned(tmp_path: Path) -> None:
+    prefix = _unprivileged()
+    base = Path(tempfile.mkdtemp(prefix="strandline-perm-"))  # outside tmp_path: that is root-only
+    try:
+        base.chmod(0o755)
+        ds = base / "lake" / "ds"
+        (ds / "locked").mkdir(parents=True)
+        (ds / "good.csv").write_text("a\n1\n")
+        (ds / "secret.csv").write_text("a\n2\n")
+        (ds / "locked" / "inside.csv").write_text("a\n3\n")
+        (ds / "secret.csv").chmod(0o000)
+        (ds / "locked").chmod(0o000)
+        state = base / "state"
+        state.mkdir()
+        if prefix:
+            os.chown(state, 65534, 65534)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
+        env |= {"STRANDLINE_STATE_DIR": str(state)}
+        cli = [*prefix, sys.executable, "-m", "daemon.cli"]
+        scan = subprocess.run(
+            [*cli, "scan", str(base / "lake"), "--no-publish", "--json", "--log-format", "json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=base,
+            timeout=120,
+        )
+        show = subprocess.run(
+            [*cli, "show", "ds@latest", "--files", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=base,
+            timeout=60,
+        )
+    finally:
+        for p in (base / "lake" / "ds" / "locked", base / "lake" / "ds" / "secret.csv"):
+            p.chmod(0o700)
+        shutil.rmtree(base)
+    assert scan.returncode == 0, scan.stderr
+    logs = [json.loads(line) for line in scan.stderr.splitlines() if line.startswith("{")]
+    denied = {m for r in logs if "permission_denied" in (m := r["message"])}
+    assert any("secret.csv" in m and "grant the daemon's user read access" in m for m in denied), logs
+    assert any("locked" in m for m in denied), logs
+    assert show.returncode == 0, show.stderr
+    assert [f["path"] for f in json.loads(show.stdout)["files_list"]] == ["good.csv"]

@@ -127,3 +127,47 @@ def test_version_event_headers_are_cloudevents_binary_mode_with_deterministic_id
     assert dict(again.headers)["ce_id"] == headers["ce_id"]
     other = version_messages(kafka, "h", "/r", _row(2), changes)[-1]
     assert dict(other.headers)["ce_id"] != headers["ce_id"]
+
+
+def test_the_fast_default_ignore_rules_agree_with_the_documented_globs() -> None:
+    # filters.py decides DEFAULT_IGNORES with string tests for speed; the globs are the contract.
+    from wcmatch import glob
+
+    from daemon.filters import _default_ignored
+    from schemas.config import DEFAULT_IGNORES
+
+    paths = [
+        "a.csv",
+        "dir/a.parquet",
+        ".hidden",
+        "dir/.hidden",
+        ".git/config",
+        "d/.cache/x/y.csv",
+        "a.tmp",
+        "d/a.temp",
+        "x.part",
+        "x.partial",
+        "x.crdownload",
+        ".a.swp",
+        "a.swp",
+        "a.swx",
+        "a~",
+        "a._COPYING_",
+        "_temporary/0/part-0",
+        "out/_temporary",
+        "out/_temporary/x",
+        "__pycache__/m.pyc",
+        "my_temporary.csv",
+        "a.tmp.csv",
+        "notes.part1",
+        "x/y.z/file",
+        "dir.d/a",
+        "a..b",
+        "tmp/a.csv",
+        "_temporaryx/a",
+        "a/__pycache__",
+        "pycache/a",
+    ]
+    flags = glob.GLOBSTAR | glob.DOTGLOB
+    for p in paths:
+        assert _default_ignored(p) == glob.globmatch(p, list(DEFAULT_IGNORES), flags=flags), p

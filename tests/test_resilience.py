@@ -131,7 +131,12 @@ def test_daemon_killed_while_files_arrive_versions_every_change_exactly_once(
                 return latest is not None and latest.files == len(written)
 
         wait_for(all_in, 60, what="every file versioned after restart")
-        wait_for(lambda: Catalog(state / "catalog.sqlite", readonly=True).backlog()[0] == 0, 60, what="delivery")
+
+        def delivered() -> bool:
+            with Catalog(state / "catalog.sqlite", readonly=True) as c:
+                return c.backlog()[0] == 0
+
+        wait_for(delivered, 60, what="delivery")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from schemas.config import DatasetConfig
-from tests.helpers import read_events, start_daemon, version_events, wait_for
+from tests.helpers import probe_dataset, read_events, start_daemon, version_events, wait_for
 
 
 def _xxh(path: Path) -> str:
@@ -140,7 +140,7 @@ def test_rsync_and_tar_and_cp_yield_one_version_each(config_for, data_dir: Path,
     src.mkdir()
     for i in range(20):
         (src / f"f{i}.csv").write_text(f"x\n{i}\n" * 100)
-    config = config_for([DatasetConfig(name="tools", root=data_dir, settle_seconds=0.4)])
+    config = config_for([DatasetConfig(name="tools", root=data_dir, settle_seconds=0.4), probe_dataset(tmp_path)])
     running = start_daemon(config)
     try:
         subprocess.run(["cp", "-r", str(src), str(data_dir / "copied")], check=True)
@@ -154,12 +154,38 @@ def test_rsync_and_tar_and_cp_yield_one_version_each(config_for, data_dir: Path,
         expected = len(running.versions("tools")) + 1
         subprocess.run(["tar", "-xf", str(archive), "-C", str(data_dir / "untarred")], check=True)
         wait_for(lambda: len(running.versions("tools")) == expected, what="tar version")
-        time.sleep(1.0)  # no further version may follow (e.g. from tar restoring mtimes)
+        running.barrier("tools")  # no further version may follow (e.g. from tar restoring mtimes)
         versions = running.versions("tools")
     finally:
         running.stop()
     assert len(versions) == expected
     assert versions[-1].added == 20
+
+
+def test_folders_moved_in_and_renamed_inside_yield_one_version_each(config_for, data_dir: Path, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    (staging / "batch" / "nested").mkdir(parents=True)
+    for i in range(300):
+        (staging / "batch" / f"f{i:03d}.csv").write_text(f"{i}\n")
+    (staging / "batch" / "nested" / "deep.csv").write_text("deep\n")
+    config = config_for([DatasetConfig(name="moves", root=data_dir, settle_seconds=0.3)])
+    running = start_daemon(config)
+    try:
+        subprocess.run(["mv", str(staging / "batch"), str(data_dir / "batch")], check=True)
+        wait_for(lambda: len(running.versions("moves")) == 1, what="version of the moved-in folder")
+        subprocess.run(["mv", str(data_dir / "batch"), str(data_dir / "renamed")], check=True)
+        wait_for(lambda: len(running.versions("moves")) == 2, what="version of the rename")
+        (data_dir / "renamed" / "nested" / "deep.csv").write_text("deeper\n")  # still watched after the move
+        wait_for(lambda: len(running.versions("moves")) == 3, what="version of an edit inside")
+        versions = running.versions("moves")
+        with running.catalog() as c:
+            manifest = c.manifest("moves", 3)
+    finally:
+        running.stop()
+    assert (versions[0].added, versions[0].files) == (301, 301)
+    assert (versions[1].added, versions[1].removed, versions[1].files) == (301, 301, 301)
+    assert (versions[2].modified, versions[2].files) == (1, 301)
+    assert set(manifest) == {f"renamed/f{i:03d}.csv" for i in range(300)} | {"renamed/nested/deep.csv"}
 
 
 def test_a_symlink_escaping_the_root_is_not_followed_and_is_reported(
@@ -185,13 +211,18 @@ def test_a_symlink_escaping_the_root_is_not_followed_and_is_reported(
     assert "loop" in rejected
 
 
-def test_commit_marker_cuts_a_version_only_when_it_appears(config_for, data_dir: Path) -> None:
-    config = config_for([DatasetConfig(name="spark", root=data_dir, settle_seconds=0.2, commit_marker="_SUCCESS")])
+def test_commit_marker_cuts_a_version_only_when_it_appears(config_for, data_dir: Path, tmp_path: Path) -> None:
+    config = config_for(
+        [
+            DatasetConfig(name="spark", root=data_dir, settle_seconds=0.2, commit_marker="_SUCCESS"),
+            probe_dataset(tmp_path),
+        ]
+    )
     running = start_daemon(config)
     try:
         (data_dir / "part-00000.parquet").write_bytes(b"PAR1" + os.urandom(100))
         (data_dir / "part-00001.parquet").write_bytes(b"PAR1" + os.urandom(100))
-        time.sleep(1.0)  # well past settle: without the marker nothing may be versioned
+        running.barrier("spark")  # the parts were seen and acted on: without the marker, no version
         assert running.versions("spark") == []
         (data_dir / "_SUCCESS").touch()
         wait_for(lambda: running.versions("spark"), what="version after marker")
@@ -235,7 +266,9 @@ def test_changes_made_while_stopped_are_versioned_once_at_start(config_for, data
         wait_for(lambda: len(running.versions("offline")) == 2, what="catch-up version")
         running.stop()
         running = start_daemon(config)  # and a third start with no change makes nothing
-        time.sleep(0.5)
+        engine = running.daemon.engine
+        assert engine is not None
+        wait_for(lambda: engine.passes >= 1 and engine.settled("offline"), what="start-up reconcile done")
         versions = running.versions("offline")
     finally:
         running.stop()
