@@ -18,10 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
+from pydantic import BaseModel
+
 from daemon.errors import CatalogError, VersionNotFoundError
 from daemon.manifest import FileState
 from daemon.outbox import OutboxMessage, PendingMessage
-from schemas.events import FileChange
+from daemon.quality import FileTable, Quality
+from schemas.events import FileChange, FileProblem
+from schemas.profiles import SchemaChange, TableProfile, TableSchema
+from schemas.validation import ValidationResult
 
 SCHEMA_VERSION = 1
 
@@ -72,6 +77,32 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE delivered_at IS NULL;
+-- Each distinct file content read as a table, once per dataset: later versions reuse it.
+CREATE TABLE IF NOT EXISTS file_tables (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    hash TEXT NOT NULL,
+    format TEXT NOT NULL,
+    read_seq INTEGER NOT NULL,
+    schema TEXT,
+    profile TEXT,
+    error TEXT,
+    PRIMARY KEY (dataset_id, hash, format)
+);
+CREATE TABLE IF NOT EXISTS version_quality (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    schema TEXT,
+    schema_change TEXT,
+    profile TEXT,
+    validation TEXT,
+    validation_scope TEXT,
+    problems TEXT NOT NULL,
+    table_files INTEGER NOT NULL,
+    readable_files INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, seq)
+);
 """
 
 
@@ -104,6 +135,10 @@ class DatasetSummary:
     root: str
     versions: int
     latest: VersionRow | None
+
+
+def _json(model: BaseModel | None) -> str | None:
+    return None if model is None else model.model_dump_json()
 
 
 def _now_iso() -> str:
@@ -306,8 +341,10 @@ class Catalog:
         totals: tuple[int, int],
         build_messages: Callable[[VersionRow], list[OutboxMessage]],
         marker_stat: str | None = None,
+        quality: Quality | None = None,
+        tables: Sequence[FileTable] = (),
     ) -> VersionRow:
-        """Record a version, its entries and its outbox messages in one transaction."""
+        """Record a version, its entries, its quality, the tables read and its outbox messages in one transaction."""
         counts = {"added": 0, "modified": 0, "removed": 0}
         for c in changes:
             counts[c.change] += 1
@@ -357,8 +394,87 @@ class Catalog:
             )
             if marker_stat is not None:
                 db.execute("UPDATE datasets SET marker_stat=? WHERE id=?", (marker_stat, dataset.id))
+            db.executemany(
+                "INSERT OR REPLACE INTO file_tables(dataset_id, hash, format, read_seq, schema, profile, error)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [(dataset.id, t.hash, t.format, seq, _json(t.schema), _json(t.profile), t.error) for t in tables],
+            )
+            if quality is not None:
+                db.execute(
+                    "INSERT INTO version_quality(dataset_id, seq, status, reason, schema, schema_change, profile,"
+                    " validation, validation_scope, problems, table_files, readable_files)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        dataset.id,
+                        seq,
+                        quality.status,
+                        quality.reason,
+                        _json(quality.schema),
+                        _json(quality.schema_change),
+                        _json(quality.profile),
+                        _json(quality.validation),
+                        quality.validation_scope,
+                        json.dumps([p.model_dump() for p in quality.problems]),
+                        quality.table_files,
+                        quality.readable_files,
+                    ),
+                )
             self._enqueue(db, build_messages(row))
         return row
+
+    # -- tables and quality -------------------------------------------------------------
+
+    def file_tables(self, dataset_id: int, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FileTable]:
+        """Stored reads of the given (hash, format) contents."""
+        out: dict[tuple[str, str], FileTable] = {}
+        for i in range(0, len(keys), 400):  # SQLite's bound-parameter limit
+            chunk = keys[i : i + 400]
+            where = " OR ".join("(hash=? AND format=?)" for _ in chunk)
+            rows = self._db.execute(
+                f"SELECT hash, format, schema, profile, error FROM file_tables WHERE dataset_id=? AND ({where})",  # noqa: S608
+                (dataset_id, *(v for key in chunk for v in key)),
+            )
+            for digest, fmt, schema, profile, error in rows:
+                out[(digest, fmt)] = FileTable(
+                    digest,
+                    fmt,
+                    TableSchema.model_validate_json(schema) if schema else None,
+                    TableProfile.model_validate_json(profile) if profile else None,
+                    error,
+                )
+        return out
+
+    def tables_read(self, dataset: str, seq: int) -> list[tuple[str, str]]:
+        """(hash, format) of every file content first read as a table by version ``seq``."""
+        ds = self.dataset(dataset)
+        rows = self._db.execute(
+            "SELECT hash, format FROM file_tables WHERE dataset_id=? AND read_seq=? ORDER BY hash", (ds.id, seq)
+        )
+        return [(h, f) for h, f in rows]
+
+    def quality(self, dataset: str, seq: int) -> Quality | None:
+        """The stored verdict of ``dataset@seq`` (None for versions recorded before quality existed)."""
+        ds = self.dataset(dataset)
+        row = self._db.execute(
+            "SELECT status, reason, schema, schema_change, profile, validation, validation_scope, problems,"
+            " table_files, readable_files FROM version_quality WHERE dataset_id=? AND seq=?",
+            (ds.id, seq),
+        ).fetchone()
+        if row is None:
+            return None
+        status, reason, schema, change, profile, validation, scope, problems, files, readable = row
+        return Quality(
+            status=status,
+            reason=reason,
+            schema=TableSchema.model_validate_json(schema) if schema else None,
+            schema_change=SchemaChange.model_validate_json(change) if change else None,
+            profile=TableProfile.model_validate_json(profile) if profile else None,
+            validation=ValidationResult.model_validate_json(validation) if validation else None,
+            validation_scope=scope,
+            problems=tuple(FileProblem.model_validate(p) for p in json.loads(problems)),
+            table_files=files,
+            readable_files=readable,
+        )
 
     # -- outbox ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from daemon.errors import StrandlineError, VersionNotFoundError
 
 if TYPE_CHECKING:
     from daemon.catalog import VersionRow
+    from daemon.quality import Quality
     from schemas.config import StrandlineConfig
     from schemas.events import FileChange
 
@@ -269,31 +270,34 @@ def versions(name: str, config: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(ref: str, config: Path | None, files: bool, as_json: bool) -> None:
     """Show one version: REF is NAME@N or NAME@latest (e.g. sales@3)."""
-    name, which = _parse_ref(ref)
+    from daemon.report import status_lines
+
     try:
         with _open_catalog(config) as catalog:
-            if which == "latest":
-                row = catalog.latest_version(name)
-                if row is None:
-                    catalog.dataset(name)
-                    raise VersionNotFoundError(f"dataset {name!r} has no versions yet")
-            elif which.isdigit():
-                row = catalog.version(name, int(which))
-            else:
-                raise click.BadParameter(f"{which!r} is not a version number or 'latest'", param_hint="REF")
-            changes = catalog.changes(name, row.seq)
-            manifest = catalog.manifest(name, row.seq) if files else None
+            row = _resolve(catalog, ref)
+            changes = catalog.changes(row.dataset, row.seq)
+            manifest = catalog.manifest(row.dataset, row.seq) if files else None
+            quality = catalog.quality(row.dataset, row.seq)
     except StrandlineError as exc:
         _fail(exc)
         return
     if as_json:
         out = _version_dict(row) | {"changes": [c.model_dump(exclude_none=True) for c in changes]}
+        out |= _quality_dict(quality)
         if manifest is not None:
             out["files_list"] = [{"path": p, "size": s.size, "hash": s.hash} for p, s in sorted(manifest.items())]
         click.echo(json.dumps(out))
         return
     click.echo(_version_line(row))
     click.echo(f"version id {row.version_id}  parent {row.parent_version_id or '-'}")
+    for line in status_lines(quality):
+        click.echo(line)
+    if quality is not None and quality.profile is not None and quality.profile.columns:
+        from rich.console import Console
+
+        from daemon.report import profile_table
+
+        Console(width=160).print(profile_table(quality.profile.columns, "column statistics"))
     marks = {"added": "+", "modified": "~", "removed": "-"}
     for c in changes:
         size = c.size if c.size is not None else c.old_size
@@ -302,6 +306,162 @@ def show(ref: str, config: Path | None, files: bool, as_json: bool) -> None:
         click.echo("files:")
         for p, s in sorted(manifest.items()):
             click.echo(f"  {p}  {_human_bytes(s.size)}  {s.hash}")
+
+
+def _resolve(catalog: Any, ref: str) -> VersionRow:
+    """The version a NAME@N / NAME@latest reference names."""
+    name, which = _parse_ref(ref)
+    if which == "latest":
+        row: VersionRow | None = catalog.latest_version(name)
+        if row is None:
+            catalog.dataset(name)
+            raise VersionNotFoundError(f"dataset {name!r} has no versions yet")
+        return row
+    if which.isdigit():
+        return catalog.version(name, int(which))  # type: ignore[no-any-return]
+    raise click.BadParameter(f"{which!r} is not a version number or 'latest'", param_hint="REF")
+
+
+def _quality_dict(quality: Quality | None) -> dict[str, Any]:
+    if quality is None:
+        return {"status": "unvalidated"}
+    return {
+        "status": quality.status,
+        "status_reason": quality.reason,
+        "schema": quality.schema.model_dump() if quality.schema else None,
+        "schema_change": quality.schema_change.model_dump() if quality.schema_change else None,
+        "validation": quality.validation.model_dump(mode="json") if quality.validation else None,
+        "validation_scope": quality.validation_scope,
+        "problems": [p.model_dump() for p in quality.problems],
+        "rows": quality.profile.rows if quality.profile else None,
+    }
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the schema and its change as JSON.")
+def schema(ref: str, config: Path | None, as_json: bool) -> None:
+    """Print the table schema of a version (REF is NAME@N or NAME@latest) and how it
+    changed against the parent version.
+
+    The schema is the union of the schemas of the version's table files (Parquet, CSV,
+    JSON Lines, Arrow/Feather, ORC), in first-seen column order; its fingerprint changes
+    whenever a column is added, removed, renamed, retyped or changes nullability.
+
+    Example: strandline schema sales@latest
+    """
+    from daemon.report import change_lines, schema_lines
+
+    try:
+        with _open_catalog(config) as catalog:
+            row = _resolve(catalog, ref)
+            quality = catalog.quality(row.dataset, row.seq)
+    except StrandlineError as exc:
+        _fail(exc)
+        return
+    if quality is None or quality.schema is None:
+        _fail(VersionNotFoundError(f"{row.dataset}@{row.seq} has no readable table files, so no schema"))
+        return
+    if as_json:
+        change = quality.schema_change.model_dump() if quality.schema_change else None
+        click.echo(json.dumps({"schema": quality.schema.model_dump(), "schema_change": change}))
+        return
+    for line in schema_lines(quality.schema):
+        click.echo(line)
+    if quality.schema_change is not None:
+        lines = change_lines(quality.schema_change)
+        click.echo(f"against {row.dataset}@{row.parent_seq}: " + ("" if lines else "unchanged"))
+        for line in lines:
+            click.echo("  " + line)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the full profile (with base64 sketches) as JSON.")
+def profile(ref: str, config: Path | None, as_json: bool) -> None:
+    """Print the column statistics of a version (REF is NAME@N or NAME@latest).
+
+    Per column: count, nulls, min, max, mean, standard deviation, median (from a KLL
+    quantile sketch), distinct values (HLL sketch) and most frequent values. The
+    version's profile is the merge of its files' profiles; --json prints it whole,
+    sketches included, in the same form as the <prefix>.profiles Kafka topic.
+
+    Example: strandline profile sales@3 --json > sales-3.json
+    """
+    try:
+        with _open_catalog(config) as catalog:
+            row = _resolve(catalog, ref)
+            quality = catalog.quality(row.dataset, row.seq)
+    except StrandlineError as exc:
+        _fail(exc)
+        return
+    if quality is None or quality.profile is None:
+        _fail(VersionNotFoundError(f"{row.dataset}@{row.seq} has no readable table files, so no profile"))
+        return
+    if as_json:
+        click.echo(quality.profile.model_dump_json())
+        return
+    from rich.console import Console
+
+    from daemon.report import profile_table
+
+    title = f"{row.dataset}@{row.seq}: {quality.profile.rows} rows"
+    Console(width=200).print(profile_table(quality.profile.columns, title))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--suite",
+    "-s",
+    "suite_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Great Expectations 1.x suite (JSON).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "csv", "jsonl", "arrow", "orc"]),
+    help="Read every file as this format (default: from the extension).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def validate(path: Path, suite_path: Path, fmt: str | None, as_json: bool) -> None:
+    """Validate a table file, or every table file in a folder (as one table), against a
+    suite, without watching: for CI pipelines.
+
+    Exit code 0 when every expectation is met; 1 when one fails or a file cannot be read;
+    2 when the suite or the arguments are wrong.
+
+    Example: strandline validate data/sales --suite suites/sales.json
+    """
+    import logging
+
+    from daemon.assess import Assessor
+    from daemon.validation import load_suite
+    from schemas.config import DatasetConfig
+
+    logging.disable(logging.WARNING)  # the report below says it all, once
+
+    try:
+        suite = load_suite(suite_path)
+        root = path if path.is_dir() else path.parent
+        only = None if path.is_dir() else path.name
+        ds = DatasetConfig(name="validate", root=root, suite=suite_path, format=fmt)
+        quality = Assessor(str(root.resolve()), ds, suite).check_folder(only=only)
+    except StrandlineError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(_quality_dict(quality)))
+    else:
+        from daemon.report import status_lines
+
+        for line in status_lines(quality):
+            click.echo(line)
+    sys.exit(0 if quality.status == "valid" else 1)
 
 
 @cli.group()

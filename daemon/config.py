@@ -52,8 +52,9 @@ def load_config(path: Path | None) -> StrandlineConfig:
         datasets = data.get("datasets")
         if isinstance(datasets, list):
             for ds in datasets:
-                if isinstance(ds, dict) and isinstance(ds.get("root"), str):
-                    ds["root"] = str(base / ds["root"])
+                for key in ("root", "suite"):
+                    if isinstance(ds, dict) and isinstance(ds.get(key), str):
+                        ds[key] = str(base / ds[key])
         data.setdefault("state_dir", str(base / DEFAULT_STATE_DIR))
     try:
         return StrandlineConfig(**data)  # type: ignore[arg-type]

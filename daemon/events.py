@@ -14,19 +14,31 @@ import xxhash
 
 from daemon.catalog import VersionRow
 from daemon.outbox import OutboxMessage
+from daemon.quality import Quality
 from schemas.config import KafkaConfig
 from schemas.events import (
     ChangeListRef,
     FileChange,
     InputRejected,
+    ProfileRef,
+    TableSummary,
+    ValidationFailed,
+    ValidationSummary,
     VersionChanges,
     VersionCreated,
+    VersionProfile,
     VersionTotals,
     dataschema_urn,
 )
+from schemas.profiles import ColumnProfile, SchemaChange, TableProfile
 
 EVENT_CHANGES_BUDGET = 256 * 1024
 CHUNK_BUDGET = 512 * 1024
+SCHEMA_CHANGE_BUDGET = 64 * 1024
+SCHEMA_CHANGE_ITEMS = 200
+VALIDATION_BUDGET = 128 * 1024
+MAX_FAILURES_IN_EVENT = 20
+MAX_PROBLEMS_IN_EVENT = 50
 _SIZE_SLACK = 64  # per-entry separators and the chunk's own fields
 
 
@@ -65,13 +77,111 @@ def _split_by_size(changes: Sequence[FileChange], budget: int) -> list[list[File
     return chunks
 
 
+def _profile_parts(profile: TableProfile, budget: int) -> list[list[ColumnProfile]]:
+    parts: list[list[ColumnProfile]] = [[]]
+    used = 0
+    for col in profile.columns:
+        size = len(col.model_dump_json()) + _SIZE_SLACK
+        if parts[-1] and used + size > budget:
+            parts.append([])
+            used = 0
+        parts[-1].append(col)
+        used += size
+    return parts
+
+
+def _bounded_change(change: SchemaChange) -> tuple[SchemaChange, bool]:
+    if len(change.model_dump_json()) <= SCHEMA_CHANGE_BUDGET:
+        return change, False
+    cut = SchemaChange(
+        added=change.added[:SCHEMA_CHANGE_ITEMS],
+        removed=change.removed[:SCHEMA_CHANGE_ITEMS],
+        type_changed=change.type_changed[:SCHEMA_CHANGE_ITEMS],
+        nullability_changed=change.nullability_changed[:SCHEMA_CHANGE_ITEMS],
+    )
+    return cut, True
+
+
+def _validation_summary(quality: Quality) -> ValidationSummary | None:
+    result = quality.validation
+    if result is None or quality.validation_scope is None:
+        return None
+    failed = [o for o in result.outcomes if not o.success]
+    summary = ValidationSummary(
+        suite=result.suite,
+        scope=quality.validation_scope,
+        success=result.success,
+        evaluated=result.evaluated,
+        failed=result.failed,
+        failures=tuple(failed[:MAX_FAILURES_IN_EVENT]),
+        failures_truncated=len(failed) > MAX_FAILURES_IN_EVENT,
+    )
+    if len(summary.model_dump_json()) > VALIDATION_BUDGET:  # long offending values: keep the verdicts
+        slim = tuple(o.model_copy(update={"partial_unexpected": []}) for o in summary.failures)
+        summary = summary.model_copy(update={"failures": slim})
+    return summary
+
+
 def version_messages(
-    kafka: KafkaConfig, host: str, root: str, row: VersionRow, changes: Sequence[FileChange]
+    kafka: KafkaConfig,
+    host: str,
+    root: str,
+    row: VersionRow,
+    changes: Sequence[FileChange],
+    quality: Quality | None = None,
 ) -> list[OutboxMessage]:
-    """The version event and, for a large change-set, the chunks of its complete change list."""
+    """The version event; for a large change-set the chunks of its complete change list; for
+    tables the parts of its profile; for an invalid or unreadable version a validation failure."""
     head = _split_by_size(changes, EVENT_CHANGES_BUDGET)[0] if changes else []
     truncated = len(head) < len(changes)
     chunks = _split_by_size(changes, CHUNK_BUDGET) if truncated else []
+    quality = quality or Quality()
+    source = source_uri(host, row.dataset)
+    subject = f"{row.dataset}@{row.seq}"
+    messages: list[OutboxMessage] = []
+    table: TableSummary | None = None
+    if quality.has_tables:
+        parts = _profile_parts(quality.profile, CHUNK_BUDGET) if quality.profile is not None else []
+        for i, columns in enumerate(parts):
+            value = VersionProfile(
+                dataset=row.dataset,
+                version=row.seq,
+                version_id=row.version_id,
+                part=i,
+                parts=len(parts),
+                rows=quality.profile.rows if quality.profile else 0,
+                table_schema=quality.schema if i == 0 else None,
+                columns=tuple(columns),
+            )
+            messages.append(
+                OutboxMessage(
+                    topic=kafka.profiles_topic,
+                    key=f"{row.version_id}/{i}".encode(),
+                    value=value.model_dump_json(exclude_none=True).encode(),
+                    headers=_headers(
+                        "dataset.version.profile",
+                        event_id("dataset.version.profile", source, str(row.seq), row.version_id, str(i)),
+                        source,
+                        subject,
+                        row.created_at,
+                    ),
+                )
+            )
+        change, change_cut = _bounded_change(quality.schema_change) if quality.schema_change else (None, False)
+        table = TableSummary(
+            files=quality.table_files,
+            readable_files=quality.readable_files,
+            rows=quality.profile.rows if quality.profile else 0,
+            columns=len(quality.schema.fields) if quality.schema else 0,
+            schema_fingerprint=quality.schema.fingerprint if quality.schema else None,
+            schema_change=change,
+            schema_change_truncated=change_cut,
+            profile=ProfileRef(topic=kafka.profiles_topic, key=f"{row.version_id}/0", parts=len(parts))
+            if parts
+            else None,
+        )
+    validation = _validation_summary(quality)
+    problems = quality.problems[:MAX_PROBLEMS_IN_EVENT]
     event = VersionCreated(
         dataset=row.dataset,
         version=row.seq,
@@ -87,10 +197,14 @@ def version_messages(
         changes=tuple(head),
         changes_truncated=truncated,
         complete_changes=ChangeListRef(topic=kafka.manifests_topic, chunks=len(chunks)) if truncated else None,
+        status=quality.status,
+        status_reason=quality.reason,
+        table=table,
+        validation=validation,
+        problems=problems,
+        problems_truncated=len(quality.problems) > len(problems),
     )
-    source = source_uri(host, row.dataset)
-    subject = f"{row.dataset}@{row.seq}"
-    messages = [
+    messages += [
         OutboxMessage(
             topic=kafka.manifests_topic,
             key=row.version_id.encode(),
@@ -129,6 +243,32 @@ def version_messages(
             ),
         )
     )
+    if quality.status in ("invalid", "unreadable"):
+        failed = ValidationFailed(
+            dataset=row.dataset,
+            version=row.seq,
+            version_id=row.version_id,
+            created_at=row.created_at,
+            host=host,
+            status=quality.status,
+            reason=quality.reason or quality.status,
+            validation=validation,
+            problems=problems,
+        )
+        messages.append(
+            OutboxMessage(
+                topic=kafka.versions_topic,
+                key=row.dataset.encode("utf-8"),
+                value=failed.model_dump_json(exclude_none=True).encode(),
+                headers=_headers(
+                    "dataset.validation.failed",
+                    event_id("dataset.validation.failed", source, str(row.seq), row.version_id),
+                    source,
+                    subject,
+                    row.created_at,
+                ),
+            )
+        )
     return messages
 
 

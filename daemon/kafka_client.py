@@ -83,9 +83,17 @@ def ensure_topics(cfg: KafkaConfig) -> None:
         raise _unreachable(cfg, exc) from exc
     try:
         existing = set(admin.list_topics())
+        # Profiles are looked up by version id, the newest record per key is all that matters:
+        # compaction keeps every version's profile without keeping every retry of it.
+        configs = {cfg.profiles_topic: {"cleanup.policy": "compact"}}
         wanted = [
-            NewTopic(name, num_partitions=cfg.partitions, replication_factor=cfg.replication_factor)
-            for name in (cfg.versions_topic, cfg.manifests_topic)
+            NewTopic(
+                name,
+                num_partitions=cfg.partitions,
+                replication_factor=cfg.replication_factor,
+                topic_configs=configs.get(name, {}),
+            )
+            for name in (cfg.versions_topic, cfg.manifests_topic, cfg.profiles_topic)
             if name not in existing
         ]
         if wanted:

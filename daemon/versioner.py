@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from daemon.assess import Assessor, ChangedWhileProfilingError
 from daemon.catalog import Catalog, DatasetRow, VersionRow
 from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError, hash_file
 from daemon.manifest import FileState, diff, version_id
 from daemon.scanner import FileStat, Rejection, display_path, is_utf8, stat_error, stat_paths, walk
+from daemon.validation import load_suite
 from schemas.config import DatasetConfig, StrandlineConfig
 from schemas.events import FileChange, InputRejected
 
@@ -39,7 +41,7 @@ class Outcome:
     version: VersionRow | None = None
     changes: list[FileChange] = field(default_factory=list)
     retry: bool = False  # a file was still being written: run again after the next quiet period
-    hashed_files: int = 0
+    hashed_files: int = 0  # read to fingerprint them (the stat cache spared the rest)
     hashed_bytes: int = 0
 
 
@@ -59,6 +61,8 @@ class Versioner:
         self.root = os.path.abspath(dataset.root)
         self.filter = PathFilter.for_dataset(dataset)
         self.row: DatasetRow = catalog.ensure_dataset(dataset.name, self.root)
+        # The suite is loaded (and checked by GX) now, so a bad suite file stops the start.
+        self.assessor = Assessor(self.root, dataset, load_suite(dataset.suite) if dataset.suite else None)
         self._on_version = on_version
         self._reported: set[tuple[str, str]] = set()
         self._root_missing = False
@@ -164,18 +168,38 @@ class Versioner:
         current.update(fresh)
         totals = (len(current), sum(st.size for st in current.values()))
         vid = version_id(current)
+        latest = self.catalog.latest_version(self.dataset.name)
+        parent = self.catalog.quality(self.dataset.name, latest.seq) if latest else None
+        try:
+            quality, tables = self.assessor.assess(
+                current,
+                {c.path for c in changes if c.change != "removed"},
+                lambda keys: self.catalog.file_tables(self.row.id, keys),
+                parent,
+            )
+        except ChangedWhileProfilingError as exc:
+            log.info(
+                "dataset %s: %s changed while being profiled; versioning after it settles",
+                self.dataset.name,
+                exc,
+                extra={"dataset": self.dataset.name},
+            )
+            outcome.retry = True
+            return outcome
         row = self.catalog.commit_version(
             self.row,
             vid,
             changes,
             fresh,
             totals,
-            lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes),
+            lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes, quality),
             marker_stat=marker_stat,
+            quality=quality,
+            tables=tables,
         )
         outcome.version, outcome.changes = row, changes
         log.info(
-            "dataset %s: version %d created (+%d ~%d -%d, %d files, %d bytes, id %s)",
+            "dataset %s: version %d created (+%d ~%d -%d, %d files, %d bytes, id %s, %s)",
             row.dataset,
             row.seq,
             row.added,
@@ -184,8 +208,18 @@ class Versioner:
             row.files,
             row.bytes,
             row.version_id,
-            extra={"dataset": row.dataset, "version": row.seq},
+            quality.status,
+            extra={"dataset": row.dataset, "version": row.seq, "status": quality.status},
         )
+        if quality.status in ("invalid", "unreadable"):
+            log.warning(
+                "dataset %s: version %d is %s: %s",
+                row.dataset,
+                row.seq,
+                quality.status,
+                quality.reason,
+                extra={"dataset": row.dataset, "version": row.seq, "status": quality.status},
+            )
         if self._on_version is not None:
             self._on_version(row, changes)
         return outcome

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -36,6 +36,7 @@ DEFAULT_IGNORES: tuple[str, ...] = (
 )
 
 Seconds = Annotated[float, Field(ge=0.0, le=86400.0)]
+TableFormat = Literal["parquet", "csv", "jsonl", "arrow", "orc"]
 
 
 class KafkaConfig(BaseModel):
@@ -50,7 +51,8 @@ class KafkaConfig(BaseModel):
     )
     topic_prefix: str = Field(
         "strandline",
-        description="Topics are <prefix>.versions (events) and <prefix>.manifests (complete change lists).",
+        description="Topics are <prefix>.versions (events), <prefix>.manifests (complete change lists) and"
+        " <prefix>.profiles (compacted: schema and column profiles of each version).",
         pattern=r"^[A-Za-z0-9._-]{1,200}$",
     )
     client_id: str = Field("strandline", description="Kafka client id, visible in broker logs.")
@@ -67,6 +69,10 @@ class KafkaConfig(BaseModel):
     @property
     def manifests_topic(self) -> str:
         return f"{self.topic_prefix}.manifests"
+
+    @property
+    def profiles_topic(self) -> str:
+        return f"{self.topic_prefix}.profiles"
 
 
 class DatasetConfig(BaseModel):
@@ -91,6 +97,18 @@ class DatasetConfig(BaseModel):
         None,
         description="File name (e.g. _SUCCESS) whose appearance, and only that, cuts a version.",
         pattern=r"^[^/\x00]{1,255}$",
+    )
+    format: TableFormat | None = Field(
+        None,
+        description="Read every file of the dataset as this table format (default: from each file's extension;"
+        " files of other extensions are versioned by bytes only).",
+    )
+    suite: Path | None = Field(
+        None, description="Great Expectations 1.x suite (JSON) every new version is validated against."
+    )
+    validate_scope: Literal["changed", "version"] = Field(
+        "version",
+        description="Validate the whole version (all its tables, concatenated) or only the files the version changed.",
     )
 
     @field_validator("include", "exclude")

@@ -99,7 +99,7 @@ def test_doctor_fails_on_unreachable_kafka_and_says_how_to_fix_it(tmp_path: Path
 
 def test_scan_with_kafka_down_keeps_the_version_and_reports_the_backlog(tmp_path: Path) -> None:
     (tmp_path / "lake" / "x").mkdir(parents=True)
-    (tmp_path / "lake" / "x" / "f.csv").write_text("1\n")
+    (tmp_path / "lake" / "x" / "f.dat").write_text("1\n")
     env = {"STRANDLINE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "STRANDLINE_STATE_DIR": str(tmp_path / "s")}
     out = run("scan", str(tmp_path / "lake"), "--publish-timeout", "2", env=env)
     assert out.returncode == 1

@@ -1,0 +1,495 @@
+"""Column profiles: exact statistics plus Apache DataSketches, built batch by batch and merged.
+
+Pure: a ``Profiler`` takes Arrow record batches and gives a ``schemas.profiles.TableProfile``;
+``merge_profiles`` combines the profiles of files into the profile of a version without the
+data. ``daemon.tables`` does the reading.
+
+How the statistics merge (per batch inside a profiler, per file in ``merge_profiles``):
+
+* count, null and NaN counts add up; min and max take the min and max;
+* mean and ``m2`` (sum of squared deviations) combine with the parallel formula of Chan,
+  Golub and LeVeque, which stays accurate where a sum of squares would cancel; each batch's own
+  mean and m2 come from numpy's two-pass mean and variance. Integers (and times, booleans) also
+  keep their exact sum, and their batch variance is taken of ``x - min``, so an int64 near 2**62
+  keeps its low digits through every merge;
+* numbers and times feed a KLL doubles sketch (quantiles); strings feed a frequent-strings and
+  an HLL sketch with each batch's distinct values and their counts (``pyarrow.compute``'s
+  ``value_counts``), so a batch of a categorical costs one update per category.
+
+A column some files lack counts as null in those files' rows, exactly as if the files had been
+concatenated with that column filled with nulls.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+import datasketches as ds
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from daemon.tableschema import promote_types
+from schemas.profiles import ColumnKind, ColumnProfile, Scalar, TableProfile, TimeUnit
+
+__all__ = ["Profiler", "distinct_estimate", "merge_profiles", "quantiles", "top_items"]
+
+# Defaults sized for a profile that goes on Kafka: KLL k=200 keeps ranks within ~1.3 % in ~5 KB
+# per numeric column; HLL lg_k=12 (HLL_4) estimates distinct counts within ~1.6 % in at most
+# ~2.1 KB; 2**7 slots keep the ~96 most frequent strings, exact for any column with fewer.
+KLL_K: Final = 200
+HLL_LG_K: Final = 12
+FREQUENT_LG_MAX_K: Final = 7
+
+# A longer min or max string is left out (null): a free-text column must not bloat the event.
+MAX_STRING_STAT_CHARS: Final = 200
+
+# Below 2**53 every integer is an exact double, so no shift is needed for the moments.
+_EXACT_INT: Final = 2**53
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+class _Moments:
+    """Count, mean and m2 of a stream of numbers, merged with Chan's formula.
+
+    For integers ``total`` keeps the exact sum: the difference of two means then comes from
+    integers, exact where two doubles near 2**62 would differ only in rounding.
+    """
+
+    __slots__ = ("m2", "mean", "n", "total")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.total: int | None = 0
+
+    def merge(self, n: int, mean: float, m2: float, total: int | None = None) -> None:
+        if n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2, self.total = n, mean, m2, total
+            return
+        count = self.n + n
+        if self.total is not None and total is not None:
+            delta = (total * self.n - self.total * n) / (self.n * n)  # int / int: correctly rounded
+            self.total += total
+            self.mean = self.total / count
+        else:
+            delta = mean - self.mean
+            self.total = None
+            self.mean += delta * n / count
+        self.m2 += m2 + delta * delta * self.n * n / count
+        self.n = count
+
+
+def _stddev(n: int, m2: float | None) -> float | None:
+    if m2 is None or n < 2:
+        return None
+    return math.sqrt(max(m2, 0.0) / (n - 1))
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _classify(arrow_type: pa.DataType) -> tuple[ColumnKind, TimeUnit | None]:
+    t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    if pa.types.is_boolean(t):
+        return "boolean", None
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "numeric", None
+    if pa.types.is_date32(t):
+        return "time", "day"
+    if pa.types.is_date64(t):
+        return "time", "ms"
+    if pa.types.is_timestamp(t) or pa.types.is_time(t) or pa.types.is_duration(t):
+        unit: TimeUnit = t.unit
+        return "time", unit
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string", None
+    return "other", None
+
+
+class _Column:
+    """Counts of one column; subclasses add the statistics of their kind."""
+
+    kind: ColumnKind = "other"
+
+    def __init__(self, name: str, arrow_type: pa.DataType, unit: TimeUnit | None) -> None:
+        self.name = name
+        self.type = arrow_type
+        self.unit = unit
+        self.count = 0
+        self.null_count = 0
+
+    def add(self, array: pa.Array) -> None:
+        self.count += len(array)
+        self.null_count += array.null_count
+        if array.null_count < len(array):
+            if pa.types.is_dictionary(array.type) and self.kind != "string":
+                array = array.dictionary_decode()
+            self._add_values(array)
+
+    def _add_values(self, array: pa.Array) -> None:
+        """Statistics of a non-empty array that has at least one non-null value."""
+
+    def finish(self) -> ColumnProfile:
+        return ColumnProfile(
+            name=self.name,
+            type=str(self.type),
+            kind=self.kind,
+            unit=self.unit,
+            count=self.count,
+            null_count=self.null_count,
+            **self._stats(),
+        )
+
+    def _stats(self) -> dict[str, Any]:
+        return {}
+
+
+class _Numbers(_Column):
+    """Integers, floats, decimals, and times as integers in their unit."""
+
+    kind: ColumnKind = "numeric"
+
+    def __init__(self, name: str, arrow_type: pa.DataType, unit: TimeUnit | None, kll_k: int) -> None:
+        super().__init__(name, arrow_type, unit)
+        if unit is not None:
+            self.kind = "time"
+        self.nan_count = 0
+        self.min: int | float | None = None
+        self.max: int | float | None = None
+        self.moments = _Moments()
+        self.sketch = ds.kll_doubles_sketch(kll_k)
+
+    def _add_values(self, array: pa.Array) -> None:
+        if self.unit is not None:  # a time: its integer count of units
+            array = array.cast(pa.int32() if array.type.bit_width == 32 else pa.int64())
+        elif pa.types.is_decimal(array.type) or pa.types.is_float16(array.type):
+            array = array.cast(pa.float64())
+        if pa.types.is_floating(array.type):
+            self._add_floats(array)
+            return
+        if array.null_count:
+            array = array.drop_null()
+        self._add_integers(array.to_numpy())
+
+    def _add_floats(self, array: pa.Array) -> None:
+        # Arrow turns nulls into NaN here, so one mask drops nulls and NaNs alike (cheaper than
+        # drop_null, then finding NaNs); without nulls a NaN shows as a NaN mean.
+        values = array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        mean = math.nan if array.null_count else float(values.mean())
+        if math.isnan(mean):  # NaNs (or +inf and -inf) present: count NaNs and leave them out
+            nans = np.isnan(values)
+            self.nan_count += int(nans.sum()) - array.null_count
+            values = values[~nans]
+            if not len(values):
+                return
+            mean = float(values.mean())
+        low, high = float(values.min()), float(values.max())
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
+        self.moments.merge(len(values), mean, float(values.var()) * len(values))
+        # The sketch's C++ signature wants a writable array; Arrow's zero-copy view is read-only.
+        self.sketch.update(values if values.flags.writeable else values.copy())
+
+    def _add_integers(self, values: np.ndarray[Any, np.dtype[np.integer[Any]]]) -> None:
+        low, high = int(values.min()), int(values.max())
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
+        as_float = values.astype(np.float64)
+        if low >= -_EXACT_INT and high <= _EXACT_INT:
+            shifted = as_float
+        else:  # x - min as uint64 is exact (wrap-around included); as a double it keeps the spread
+            shifted = (values.astype(np.int64).view(np.uint64) - np.uint64(low % 2**64)).astype(np.float64)
+        if max(-low, high) < 2**63 // len(values):  # the int64 sum cannot overflow
+            total = int(values.sum(dtype=np.int64))
+        else:  # add the high and low 32-bit halves apart: exact for any int64 or uint64
+            total = int(np.right_shift(values, 32).sum()) * 2**32 + int(np.bitwise_and(values, 0xFFFFFFFF).sum())
+        self.moments.merge(len(values), total / len(values), float(shifted.var()) * len(values), total)
+        self.sketch.update(as_float)
+
+    def _stats(self) -> dict[str, Any]:
+        m = self.moments
+        empty = m.n == 0
+        return {
+            "nan_count": self.nan_count,
+            "min": self.min,
+            "max": self.max,
+            "mean": None if empty else _finite(m.mean),
+            "m2": None if empty else _finite(m.m2),
+            "sum": None if empty else m.total,
+            "stddev": _finite(_stddev(m.n, m.m2)),
+            "quantiles": None if empty else _b64(self.sketch.serialize()),
+        }
+
+
+class _Booleans(_Column):
+    kind: ColumnKind = "boolean"
+
+    def __init__(self, name: str, arrow_type: pa.DataType, unit: TimeUnit | None) -> None:
+        super().__init__(name, arrow_type, unit)
+        self.valid = 0
+        self.trues = 0
+
+    def _add_values(self, array: pa.Array) -> None:
+        self.valid += len(array) - array.null_count
+        self.trues += pc.sum(array).as_py() or 0
+
+    def _stats(self) -> dict[str, Any]:
+        if not self.valid:
+            return {}
+        n, trues = self.valid, self.trues
+        return {
+            "min": trues == n,
+            "max": trues > 0,
+            "mean": trues / n,
+            "m2": trues * (n - trues) / n,  # the m2 of n zeros and ones of which `trues` are 1
+            "sum": trues,
+            "stddev": _stddev(n, trues * (n - trues) / n),
+        }
+
+
+class _Strings(_Column):
+    """Strings and dictionary-encoded strings (categoricals)."""
+
+    kind: ColumnKind = "string"
+
+    def __init__(self, name: str, arrow_type: pa.DataType, unit: TimeUnit | None, hll_lg_k: int, lg_max_k: int) -> None:
+        super().__init__(name, arrow_type, unit)
+        self.min: str | None = None
+        self.max: str | None = None
+        self.distinct = ds.hll_sketch(hll_lg_k, ds.HLL_4)
+        self.frequent = ds.frequent_strings_sketch(lg_max_k)
+        # Misra-Gries keeps about 0.75 * 2**lg_max_k items: a batch's rarer values past a few times
+        # that many would be purged at once; skipping them keeps high-cardinality batches cheap.
+        self.top_per_batch = 4 << lg_max_k
+
+    def _add_values(self, array: pa.Array) -> None:
+        if pa.types.is_string_view(array.type):
+            array = array.cast(pa.string())
+        counted = pc.value_counts(array)
+        values, counts = counted.field("values"), counted.field("counts")
+        if values.null_count:
+            valid = values.is_valid()
+            values, counts = values.filter(valid), counts.filter(valid)
+        if pa.types.is_dictionary(values.type):
+            values = values.dictionary_decode()
+        low, high = pc.min_max(values).values()
+        low_s, high_s = low.as_py(), high.as_py()
+        self.min = low_s if self.min is None else min(self.min, low_s)
+        self.max = high_s if self.max is None else max(self.max, high_s)
+        items: list[str] = values.to_pylist()
+        for item in items:
+            self.distinct.update(item)
+        if len(items) > self.top_per_batch:
+            top = pc.select_k_unstable(counts, k=self.top_per_batch, sort_keys=[("dummy", "descending")])
+            values, counts = values.take(top), counts.take(top)
+            items = values.to_pylist()
+        update = self.frequent.update
+        for item, weight in zip(items, counts.to_pylist(), strict=True):
+            update(item, weight)
+
+    def _stats(self) -> dict[str, Any]:
+        if self.min is None:
+            return {}
+        return {
+            "min": self.min if len(self.min) <= MAX_STRING_STAT_CHARS else None,
+            "max": self.max if self.max is not None and len(self.max) <= MAX_STRING_STAT_CHARS else None,
+            "distinct": _b64(self.distinct.serialize_compact()),
+            "frequent": _b64(self.frequent.serialize()),
+        }
+
+
+class Profiler:
+    """The profile of one table, fed one record batch at a time.
+
+    ``kll_k``, ``hll_lg_k`` and ``frequent_lg_max_k`` size the sketches (accuracy against bytes);
+    profiles made with different sizes still merge.
+    """
+
+    def __init__(
+        self,
+        schema: pa.Schema,
+        *,
+        kll_k: int = KLL_K,
+        hll_lg_k: int = HLL_LG_K,
+        frequent_lg_max_k: int = FREQUENT_LG_MAX_K,
+    ) -> None:
+        self.schema = schema
+        self.rows = 0
+        self._columns: list[_Column] = []
+        for field in schema:
+            kind, unit = _classify(field.type)
+            column: _Column
+            if kind in ("numeric", "time"):
+                column = _Numbers(field.name, field.type, unit, kll_k)
+            elif kind == "boolean":
+                column = _Booleans(field.name, field.type, unit)
+            elif kind == "string":
+                column = _Strings(field.name, field.type, unit, hll_lg_k, frequent_lg_max_k)
+            else:
+                column = _Column(field.name, field.type, unit)
+            self._columns.append(column)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Count a batch of the schema given at construction (``ValueError`` for another schema)."""
+        if batch.num_columns != len(self._columns) or any(
+            batch.schema.field(i).type != c.type for i, c in enumerate(self._columns)
+        ):
+            raise ValueError(f"batch schema {batch.schema} is not the profiler's schema {self.schema}")
+        self.rows += batch.num_rows
+        if batch.num_rows:
+            for i, column in enumerate(self._columns):
+                column.add(batch.column(i))
+
+    def finish(self) -> TableProfile:
+        """The profile of every batch added so far."""
+        return TableProfile(rows=self.rows, columns=tuple(c.finish() for c in self._columns))
+
+
+# -- merging ---------------------------------------------------------------------------------
+
+
+def merge_profiles(profiles: Sequence[TableProfile]) -> TableProfile:
+    """The profile of the files whose profiles are given, as if their tables were concatenated.
+
+    Columns are matched by name, in first-seen order. A file without a column counts its rows
+    as nulls of it. When files disagree on a column's kind (numbers in one, strings in another)
+    or time unit, the merged column keeps its counts only, as kind ``other``, with a ``type``
+    that names both (``"int64 | string"``); ``daemon.tableschema.unify`` reports the conflict.
+    """
+    by_name: dict[str, list[tuple[int, ColumnProfile | None]]] = {}
+    for profile in profiles:
+        for column in profile.columns:
+            by_name.setdefault(column.name, [])
+    for profile in profiles:
+        present = {c.name: c for c in profile.columns}
+        for name, parts in by_name.items():
+            parts.append((profile.rows, present.get(name)))
+    return TableProfile(
+        rows=sum(p.rows for p in profiles),
+        columns=tuple(_merge_column(name, parts) for name, parts in by_name.items()),
+    )
+
+
+def _merge_column(name: str, parts: list[tuple[int, ColumnProfile | None]]) -> ColumnProfile:
+    present = [c for _, c in parts if c is not None]
+    count = sum(c.count for c in present) + sum(rows for rows, c in parts if c is None)
+    null_count = sum(c.null_count for c in present) + sum(rows for rows, c in parts if c is None)
+    types = list(dict.fromkeys(c.type for c in present))
+    merged_type: str | None = types[0]
+    for t in types[1:]:
+        merged_type = promote_types(merged_type, t) if merged_type is not None else None
+    # Parts without a value (all null, or an all-null CSV column typed `null`) say nothing of kind.
+    valued = [c for c in present if c.count - c.null_count > 0]
+    kinds = {(c.kind, c.unit) for c in valued} or {(present[0].kind, present[0].unit)}
+    base = {
+        "name": name,
+        "type": merged_type if merged_type is not None else " | ".join(types),
+        "count": count,
+        "null_count": null_count,
+    }
+    if len(kinds) > 1:
+        return ColumnProfile(kind="other", unit=None, **base)
+    ((kind, unit),) = kinds
+    stats: dict[str, Any] = {}
+    with_values = [c for c in valued if c.valid_count > 0]
+    stats["nan_count"] = sum(c.nan_count for c in present)
+    if with_values and kind != "other":
+        stats["min"] = _extreme([c.min for c in with_values], min)
+        stats["max"] = _extreme([c.max for c in with_values], max)
+        moments = _Moments()
+        if all(c.mean is not None and c.m2 is not None for c in with_values):
+            for c in with_values:
+                moments.merge(c.valid_count, c.mean or 0.0, c.m2 or 0.0, c.sum)
+            stats["mean"], stats["m2"], stats["sum"] = _finite(moments.mean), _finite(moments.m2), moments.total
+            stats["stddev"] = _finite(_stddev(moments.n, moments.m2))
+        stats["quantiles"] = _merge_kll([c.quantiles for c in with_values])
+        stats["frequent"] = _merge_frequent([c.frequent for c in with_values])
+        stats["distinct"] = _merge_hll([c.distinct for c in with_values])
+    return ColumnProfile(kind=kind, unit=unit, **base, **stats)
+
+
+def _extreme(values: list[Scalar | None], pick: Any) -> Scalar | None:
+    # One unknown part (a long string left out) makes the whole unknown, never a wrong value.
+    if any(v is None for v in values):
+        return None
+    result: Scalar = pick(values)
+    return result
+
+
+def _merge_kll(encoded: list[str | None]) -> str | None:
+    sketches = [ds.kll_doubles_sketch.deserialize(_unb64(e)) for e in encoded if e is not None]
+    if not sketches:
+        return None
+    merged = sketches[0]
+    for sketch in sketches[1:]:
+        merged.merge(sketch)
+    return _b64(merged.serialize())
+
+
+def _merge_frequent(encoded: list[str | None]) -> str | None:
+    sketches = [ds.frequent_strings_sketch.deserialize(_unb64(e)) for e in encoded if e is not None]
+    if not sketches:
+        return None
+    merged = sketches[0]
+    for sketch in sketches[1:]:
+        merged.merge(sketch)
+    return _b64(merged.serialize())
+
+
+def _merge_hll(encoded: list[str | None]) -> str | None:
+    sketches = [ds.hll_sketch.deserialize(_unb64(e)) for e in encoded if e is not None]
+    if not sketches:
+        return None
+    union = ds.hll_union(max(s.lg_config_k for s in sketches))
+    for sketch in sketches:
+        union.update(sketch)
+    return _b64(union.get_result(ds.HLL_4).serialize_compact())
+
+
+# -- reading the sketches ----------------------------------------------------------------------
+
+
+def quantiles(col: ColumnProfile, qs: Sequence[float]) -> list[float] | None:
+    """Approximate quantiles (``qs`` in 0..1) of a number or time column; None without values."""
+    if col.quantiles is None:
+        return None
+    sketch = ds.kll_doubles_sketch.deserialize(_unb64(col.quantiles))
+    if sketch.is_empty():
+        return None
+    return [float(q) for q in sketch.get_quantiles(list(qs), inclusive=True)]
+
+
+def distinct_estimate(col: ColumnProfile) -> float | None:
+    """Estimated number of distinct values of a string column; None without a sketch."""
+    if col.distinct is None:
+        return None
+    return float(ds.hll_sketch.deserialize(_unb64(col.distinct)).get_estimate())
+
+
+def top_items(col: ColumnProfile, k: int) -> list[tuple[str, int]]:
+    """Up to ``k`` most frequent strings with their estimated counts, most frequent first.
+
+    Exact while the column has fewer distinct values than the sketch keeps (~96 by default);
+    beyond that each estimate is within the sketch's a priori error of the true count.
+    """
+    if col.frequent is None or k <= 0:
+        return []
+    sketch = ds.frequent_strings_sketch.deserialize(_unb64(col.frequent))
+    rows = sketch.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_NEGATIVES)
+    ranked = sorted(((str(r[0]), int(r[1])) for r in rows), key=lambda item: (-item[1], item[0]))
+    return ranked[:k]
