@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -41,7 +41,7 @@ def _load(config: Path | None) -> StrandlineConfig:
     return load_config(_config_path(config))
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     click.secho(f"error: {exc}", fg="red", err=True)
     sys.exit(2)
 
@@ -337,6 +337,19 @@ def _quality_dict(quality: Quality | None) -> dict[str, Any]:
     }
 
 
+def _table_version(config: Path | None, ref: str, what: str) -> tuple[VersionRow, Quality]:
+    """The version REF names and its quality; exits with a clear error when it has no tables."""
+    try:
+        with _open_catalog(config) as catalog:
+            row = _resolve(catalog, ref)
+            quality = catalog.quality(row.dataset, row.seq)
+            if quality is None or quality.schema is None:
+                raise VersionNotFoundError(f"{row.dataset}@{row.seq} has no readable table files, so no {what}")
+    except StrandlineError as exc:
+        _fail(exc)
+    return row, quality
+
+
 @cli.command()
 @click.argument("ref")
 @click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
@@ -353,15 +366,8 @@ def schema(ref: str, config: Path | None, as_json: bool) -> None:
     """
     from daemon.report import change_lines, schema_lines
 
-    try:
-        with _open_catalog(config) as catalog:
-            row = _resolve(catalog, ref)
-            quality = catalog.quality(row.dataset, row.seq)
-    except StrandlineError as exc:
-        _fail(exc)
-        return
-    if quality is None or quality.schema is None:
-        _fail(VersionNotFoundError(f"{row.dataset}@{row.seq} has no readable table files, so no schema"))
+    row, quality = _table_version(config, ref, "schema")
+    if quality.schema is None:
         return
     if as_json:
         change = quality.schema_change.model_dump() if quality.schema_change else None
@@ -390,15 +396,8 @@ def profile(ref: str, config: Path | None, as_json: bool) -> None:
 
     Example: strandline profile sales@3 --json > sales-3.json
     """
-    try:
-        with _open_catalog(config) as catalog:
-            row = _resolve(catalog, ref)
-            quality = catalog.quality(row.dataset, row.seq)
-    except StrandlineError as exc:
-        _fail(exc)
-        return
-    if quality is None or quality.profile is None:
-        _fail(VersionNotFoundError(f"{row.dataset}@{row.seq} has no readable table files, so no profile"))
+    row, quality = _table_version(config, ref, "profile")
+    if quality.profile is None:
         return
     if as_json:
         click.echo(quality.profile.model_dump_json())

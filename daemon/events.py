@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import xxhash
+from pydantic import BaseModel
 
 from daemon.catalog import VersionRow
 from daemon.outbox import OutboxMessage
@@ -138,6 +139,16 @@ def version_messages(
     quality = quality or Quality()
     source = source_uri(host, row.dataset)
     subject = f"{row.dataset}@{row.seq}"
+
+    def record(topic: str, key: str, event_type: str, value: BaseModel, *id_extra: str) -> OutboxMessage:
+        ce_id = event_id(event_type, source, str(row.seq), row.version_id, *id_extra)
+        return OutboxMessage(
+            topic=topic,
+            key=key.encode("utf-8"),
+            value=value.model_dump_json(exclude_none=True).encode(),
+            headers=_headers(event_type, ce_id, source, subject, row.created_at),
+        )
+
     messages: list[OutboxMessage] = []
     table: TableSummary | None = None
     if quality.has_tables:
@@ -154,18 +165,7 @@ def version_messages(
                 columns=tuple(columns),
             )
             messages.append(
-                OutboxMessage(
-                    topic=kafka.profiles_topic,
-                    key=f"{row.version_id}/{i}".encode(),
-                    value=value.model_dump_json(exclude_none=True).encode(),
-                    headers=_headers(
-                        "dataset.version.profile",
-                        event_id("dataset.version.profile", source, str(row.seq), row.version_id, str(i)),
-                        source,
-                        subject,
-                        row.created_at,
-                    ),
-                )
+                record(kafka.profiles_topic, f"{row.version_id}/{i}", "dataset.version.profile", value, str(i))
             )
         change, change_cut = _bounded_change(quality.schema_change) if quality.schema_change else (None, False)
         table = TableSummary(
@@ -205,44 +205,24 @@ def version_messages(
         problems_truncated=len(quality.problems) > len(problems),
     )
     messages += [
-        OutboxMessage(
-            topic=kafka.manifests_topic,
-            key=row.version_id.encode(),
-            value=VersionChanges(
+        record(
+            kafka.manifests_topic,
+            row.version_id,
+            "dataset.version.changes",
+            VersionChanges(
                 dataset=row.dataset,
                 version=row.seq,
                 version_id=row.version_id,
                 chunk=i,
                 chunks=len(chunks),
                 changes=tuple(chunk),
-            )
-            .model_dump_json(exclude_none=True)
-            .encode(),
-            headers=_headers(
-                "dataset.version.changes",
-                event_id("dataset.version.changes", source, str(row.seq), row.version_id, str(i)),
-                source,
-                subject,
-                row.created_at,
             ),
+            str(i),
         )
         for i, chunk in enumerate(chunks)
     ]
     # Chunks first: a subscriber that sees a truncated event can already read the full list.
-    messages.append(
-        OutboxMessage(
-            topic=kafka.versions_topic,
-            key=row.dataset.encode("utf-8"),
-            value=event.model_dump_json(exclude_none=True).encode(),
-            headers=_headers(
-                "dataset.version.created",
-                event_id("dataset.version.created", source, str(row.seq), row.version_id),
-                source,
-                subject,
-                row.created_at,
-            ),
-        )
-    )
+    messages.append(record(kafka.versions_topic, row.dataset, "dataset.version.created", event))
     if quality.status in ("invalid", "unreadable"):
         failed = ValidationFailed(
             dataset=row.dataset,
@@ -255,20 +235,7 @@ def version_messages(
             validation=validation,
             problems=problems,
         )
-        messages.append(
-            OutboxMessage(
-                topic=kafka.versions_topic,
-                key=row.dataset.encode("utf-8"),
-                value=failed.model_dump_json(exclude_none=True).encode(),
-                headers=_headers(
-                    "dataset.validation.failed",
-                    event_id("dataset.validation.failed", source, str(row.seq), row.version_id),
-                    source,
-                    subject,
-                    row.created_at,
-                ),
-            )
-        )
+        messages.append(record(kafka.versions_topic, row.dataset, "dataset.validation.failed", failed))
     return messages
 
 
