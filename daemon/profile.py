@@ -192,17 +192,14 @@ class _Numbers(_Column):
             array = array.cast(pa.int32() if array.type.bit_width == 32 else pa.int64())
         elif pa.types.is_decimal(array.type) or pa.types.is_float16(array.type):
             array = array.cast(pa.float64())
+        if array.null_count:
+            array = array.drop_null()
         if pa.types.is_floating(array.type):
-            self._add_floats(array)
-            return
-        if array.null_count:
-            array = array.drop_null()
-        self._add_integers(_view(array))
+            self._add_floats(_view(array).astype(np.float64, copy=False))
+        else:
+            self._add_integers(_view(array))
 
-    def _add_floats(self, array: pa.Array) -> None:
-        if array.null_count:
-            array = array.drop_null()
-        values = _view(array).astype(np.float64, copy=False)
+    def _add_floats(self, values: np.ndarray[Any, np.dtype[np.float64]]) -> None:
         mean = float(values.mean())
         if math.isnan(mean):  # NaNs (or +inf and -inf) present: count NaNs and leave them out
             nans = np.isnan(values)

@@ -7,7 +7,8 @@ goes through the per-batch merge as well as the per-file ``merge_profiles``.
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 
 import datasketches as ds
 import numpy as np
@@ -282,3 +283,33 @@ def test_a_500_column_profile_is_compact_json() -> None:
     # ~6.5 KB of KLL sketch per number column (base64), ~0.6 KB per categorical column.
     assert len(encoded) < 3_000_000, len(encoded)
     assert TableProfile.model_validate_json(encoded) == profile
+
+
+def test_other_number_and_time_types_are_profiled_exactly() -> None:
+    table = pa.table(
+        {
+            "dec": pa.array([Decimal("1.25"), Decimal("-3.50"), None], pa.decimal128(6, 2)),
+            "f32": pa.array([1.5, None, -2.25], pa.float32()),
+            "f16": pa.array(np.array([0.5, 1.0, 2.0], np.float16)),
+            "u64": pa.array([2**64 - 1, 2**63, 2**63 + 2], pa.uint64()),
+            "i8": pa.array([-128, 127, None], pa.int8()),
+            "day": pa.array([date(1970, 1, 2), date(1969, 12, 31), None], pa.date32()),
+            "tod": pa.array([time(0, 0, 1), time(23, 59, 59), None], pa.time32("s")),
+            "dur": pa.array([timedelta(milliseconds=5), timedelta(seconds=-1), None], pa.duration("ms")),
+        }
+    )
+    profile = _profile(table, batch_rows=2)
+    got = {c.name: (c.kind, c.unit, c.min, c.max, c.mean) for c in profile.columns}
+    assert got == {
+        "dec": ("numeric", None, -3.5, 1.25, -1.125),
+        "f32": ("numeric", None, -2.25, 1.5, -0.375),
+        "f16": ("numeric", None, 0.5, 2.0, pytest.approx(3.5 / 3)),
+        "u64": ("numeric", None, 2**63, 2**64 - 1, pytest.approx((2**64 - 1 + 2**63 + 2**63 + 2) / 3)),
+        "i8": ("numeric", None, -128, 127, -0.5),
+        "day": ("time", "day", -1, 1, 0.0),
+        "tod": ("time", "s", 1, 86_399, 43_200.0),
+        "dur": ("time", "ms", -1_000, 5, -497.5),
+    }
+    u64 = _col(profile, "u64")
+    assert u64.sum == 2**64 - 1 + 2**63 + 2**63 + 2  # exact, though past int64
+    assert u64.stddev == pytest.approx(np.std([2**63 - 1, 0, 2], ddof=1), rel=1e-12)
