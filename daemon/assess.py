@@ -27,6 +27,7 @@ from daemon.tableschema import schema_change, unify
 from daemon.validation import Suite, validate_table
 from schemas.config import DatasetConfig
 from schemas.events import FileProblem
+from schemas.profiles import TableSchema
 from schemas.validation import ValidationResult, ValidationStatus
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Assessor:
         current: Mapping[str, FileState],
         changed: set[str],
         lookup: LookupTables,
-        parent: Quality | None,
+        parent: TableSchema | None,
     ) -> tuple[Quality, list[FileTable]]:
         """The Quality of the version whose files are ``current``; and the tables newly read.
 
@@ -120,13 +121,13 @@ class Assessor:
         tables: dict[str, FileTable],
         formats: dict[str, str],
         changed: set[str],
-        parent: Quality | None,
+        parent: TableSchema | None,
     ) -> Quality:
         problems = tuple(FileProblem(path=rel, reason=t.error) for rel, t in tables.items() if t.error is not None)
         readable = {rel: t for rel, t in tables.items() if t.error is None}
         schema, conflict = unify([t.schema for t in readable.values() if t.schema is not None])
         profile = merge_profiles([t.profile for t in readable.values() if t.profile is not None]) if readable else None
-        change = schema_change(parent.schema if parent else None, schema) if schema is not None and parent else None
+        change = schema_change(parent, schema) if schema is not None and parent is not None else None
         status: ValidationStatus = "unvalidated"
         reasons: list[str] = []
         validation: ValidationResult | None = None

@@ -452,6 +452,19 @@ class Catalog:
         )
         return [(h, f) for h, f in rows]
 
+    def version_schema(self, dataset_id: int, seq: int) -> TableSchema | None:
+        """Only the schema of a version: what the next version's schema change is computed against.
+
+        A version without tables has the empty schema (its child's columns are all "added");
+        None means the version was recorded before schemas were.
+        """
+        row = self._db.execute(
+            "SELECT schema FROM version_quality WHERE dataset_id=? AND seq=?", (dataset_id, seq)
+        ).fetchone()
+        if row is None:
+            return None
+        return TableSchema.model_validate_json(row[0]) if row[0] else TableSchema.of([])
+
     def quality(self, dataset: str, seq: int) -> Quality | None:
         """The stored verdict of ``dataset@seq`` (None for versions recorded before quality existed)."""
         ds = self.dataset(dataset)

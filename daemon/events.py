@@ -1,14 +1,20 @@
 """Turning versions and rejections into Kafka records (CloudEvents binary mode). Pure functions.
 
-A version event lists its changes until it reaches ``EVENT_CHANGES_BUDGET`` bytes; the rest is
-marked truncated and the complete list goes out as ``dataset.version.changes`` chunks keyed by
-version id, each under ``CHUNK_BUDGET`` bytes, so no record nears the broker's 1 MB default.
+No record nears the broker's 1 MB default, whatever the version:
+- a version event lists its changes until it reaches ``EVENT_CHANGES_BUDGET`` bytes; the rest is
+  marked truncated and the complete list goes out as ``dataset.version.changes`` chunks keyed by
+  version id, each under ``CHUNK_BUDGET`` bytes;
+- a version's profile goes to the profiles topic as ``dataset.version.profile`` parts of at most
+  ``CHUNK_BUDGET`` bytes of columns; schema changes and validation failures in the event are cut
+  to their own budgets;
+- an invalid or unreadable version also gets a ``dataset.validation.failed`` event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import xxhash
 from pydantic import BaseModel
@@ -31,7 +37,9 @@ from schemas.events import (
     VersionTotals,
     dataschema_urn,
 )
-from schemas.profiles import ColumnProfile, SchemaChange, TableProfile
+from schemas.profiles import SchemaChange
+
+M = TypeVar("M", bound=BaseModel)
 
 EVENT_CHANGES_BUDGET = 256 * 1024
 CHUNK_BUDGET = 512 * 1024
@@ -65,30 +73,18 @@ def source_uri(host: str, dataset: str) -> str:
     return f"strandline://{host}/{dataset}"
 
 
-def _split_by_size(changes: Sequence[FileChange], budget: int) -> list[list[FileChange]]:
-    chunks: list[list[FileChange]] = [[]]
+def _split_by_size(items: Sequence[M], budget: int) -> list[list[M]]:
+    """Consecutive runs of ``items`` whose JSON stays within ``budget`` bytes (one item at least)."""
+    chunks: list[list[M]] = [[]]
     used = 0
-    for change in changes:
-        size = len(change.model_dump_json(exclude_none=True)) + _SIZE_SLACK
+    for item in items:
+        size = len(item.model_dump_json(exclude_none=True)) + _SIZE_SLACK
         if chunks[-1] and used + size > budget:
             chunks.append([])
             used = 0
-        chunks[-1].append(change)
+        chunks[-1].append(item)
         used += size
     return chunks
-
-
-def _profile_parts(profile: TableProfile, budget: int) -> list[list[ColumnProfile]]:
-    parts: list[list[ColumnProfile]] = [[]]
-    used = 0
-    for col in profile.columns:
-        size = len(col.model_dump_json()) + _SIZE_SLACK
-        if parts[-1] and used + size > budget:
-            parts.append([])
-            used = 0
-        parts[-1].append(col)
-        used += size
-    return parts
 
 
 def _bounded_change(change: SchemaChange) -> tuple[SchemaChange, bool]:
@@ -152,7 +148,7 @@ def version_messages(
     messages: list[OutboxMessage] = []
     table: TableSummary | None = None
     if quality.has_tables:
-        parts = _profile_parts(quality.profile, CHUNK_BUDGET) if quality.profile is not None else []
+        parts = _split_by_size(quality.profile.columns, CHUNK_BUDGET) if quality.profile is not None else []
         for i, columns in enumerate(parts):
             value = VersionProfile(
                 dataset=row.dataset,

@@ -427,8 +427,8 @@ def _merge_column(name: str, parts: list[tuple[int, ColumnProfile | None]]) -> C
                 moments.merge(c.valid_count, c.mean or 0.0, c.m2 or 0.0, c.sum)
             stats["mean"], stats["m2"], stats["sum"] = _finite(moments.mean), _finite(moments.m2), moments.total
             stats["stddev"] = _finite(_stddev(moments.n, moments.m2))
-        stats["quantiles"] = _merge_kll([c.quantiles for c in with_values])
-        stats["frequent"] = _merge_frequent([c.frequent for c in with_values])
+        stats["quantiles"] = _merge_mergeable([c.quantiles for c in with_values], ds.kll_doubles_sketch)
+        stats["frequent"] = _merge_mergeable([c.frequent for c in with_values], ds.frequent_strings_sketch)
         stats["distinct"] = _merge_hll([c.distinct for c in with_values])
     return ColumnProfile(kind=kind, unit=unit, **base, **stats)
 
@@ -441,18 +441,9 @@ def _extreme(values: list[Scalar | None], pick: Any) -> Scalar | None:
     return result
 
 
-def _merge_kll(encoded: list[str | None]) -> str | None:
-    sketches = [ds.kll_doubles_sketch.deserialize(_unb64(e)) for e in encoded if e is not None]
-    if not sketches:
-        return None
-    merged = sketches[0]
-    for sketch in sketches[1:]:
-        merged.merge(sketch)
-    return _b64(merged.serialize())
-
-
-def _merge_frequent(encoded: list[str | None]) -> str | None:
-    sketches = [ds.frequent_strings_sketch.deserialize(_unb64(e)) for e in encoded if e is not None]
+def _merge_mergeable(encoded: list[str | None], sketch_type: Any) -> str | None:
+    """Merge base64 sketches of a type with ``deserialize`` and ``merge`` (KLL, frequent items)."""
+    sketches = [sketch_type.deserialize(_unb64(e)) for e in encoded if e is not None]
     if not sketches:
         return None
     merged = sketches[0]

@@ -39,7 +39,6 @@ class Publisher:
         self._catalog: Catalog | None = None
         self.degraded_since: float | None = None
         self.last_error: str | None = None
-        self.delivered = 0
         self._backoff = 0.5
         self._topics_checked = False
         self._stop = threading.Event()
@@ -125,7 +124,6 @@ class Publisher:
                 break
             acked.append(item.id)
         self._catalog.mark_delivered(acked)
-        self.delivered += len(acked)
         if failure is not None or len(acked) < len(batch):
             # Drop whatever is still queued so nothing after the failure is delivered out of order.
             self._close_producer(timeout=0)

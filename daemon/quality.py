@@ -28,10 +28,6 @@ class FileTable:
     profile: TableProfile | None
     error: str | None
 
-    @property
-    def rows(self) -> int:
-        return self.profile.rows if self.profile is not None else 0
-
 
 @dataclass(frozen=True, slots=True)
 class Quality:

@@ -41,8 +41,6 @@ class Outcome:
     version: VersionRow | None = None
     changes: list[FileChange] = field(default_factory=list)
     retry: bool = False  # a file was still being written: run again after the next quiet period
-    hashed_files: int = 0  # read to fingerprint them (the stat cache spared the rest)
-    hashed_bytes: int = 0
 
 
 class Versioner:
@@ -168,8 +166,9 @@ class Versioner:
         current.update(fresh)
         totals = (len(current), sum(st.size for st in current.values()))
         vid = version_id(current)
+        # The parent's schema only: its stored profile can be megabytes of sketches.
         latest = self.catalog.latest_version(self.dataset.name)
-        parent = self.catalog.quality(self.dataset.name, latest.seq) if latest else None
+        parent = self.catalog.version_schema(self.row.id, latest.seq) if latest else None
         try:
             quality, tables = self.assessor.assess(
                 current,
@@ -235,8 +234,6 @@ class Versioner:
         except OSError as exc:
             self._reject(stat_error(rel, exc))
             return None
-        outcome.hashed_files += 1
-        outcome.hashed_bytes += st.st_size
         return FileState(st.st_size, digest, st.st_mtime_ns, st.st_ino)
 
 

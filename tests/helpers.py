@@ -127,6 +127,20 @@ class RunningDaemon:
         assert not self.thread.is_alive(), "daemon did not stop within 60 s"
 
 
+def unprivileged_prefix() -> list[str]:
+    """A command prefix that drops root (permission bits do not stop root), or [] when not root."""
+    import os
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot drop privileges to test permissions")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
 def probe_dataset(tmp_path: Path) -> DatasetConfig:
     """A dataset beside the ones under test, for ``RunningDaemon.barrier``."""
     root = tmp_path / "probe"

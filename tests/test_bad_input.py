@@ -10,10 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-
 from schemas.config import DatasetConfig
-from tests.helpers import read_events, start_daemon, wait_for
+from tests.helpers import read_events, start_daemon, unprivileged_prefix, wait_for
 
 
 def test_odd_files_are_reported_and_good_files_still_versioned(
@@ -66,17 +64,8 @@ def test_a_root_that_disappears_is_reported_and_resumes_when_back(config_for, tm
     assert versions[-1].files == 2 and versions[-1].added == 1 and versions[-1].removed == 0
 
 
-def _unprivileged() -> list[str]:
-    """A command prefix that drops root (permission bits do not stop root), or [] when not root."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: cannot drop privileges to test permissions")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-
-
 def test_unreadable_files_and_folders_are_reported_and_the_rest_is_versioned(tmp_path: Path) -> None:
-    prefix = _unprivileged()
+    prefix = unprivileged_prefix()
     base = Path(tempfile.mkdtemp(prefix="strandline-perm-"))  # outside tmp_path: that is root-only
     try:
         base.chmod(0o755)

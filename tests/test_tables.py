@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from daemon.profile import Profiler, top_items
 from daemon.tables import _read_ahead, detect_format, open_table, profile_file, read_table
 from daemon.tableschema import promote_types, schema_change, table_schema, unify
 from schemas.profiles import FieldSpec, NullabilityChange, TableSchema, TypeChange
+from tests.helpers import unprivileged_prefix
 
 
 def _frame(rows: int = 1_000, seed: int = 3) -> pd.DataFrame:
@@ -347,13 +351,33 @@ def test_a_vanished_file_is_unreadable_data_not_a_bad_table(tmp_path: Path) -> N
     assert not isinstance(caught.value, UnreadableTableError)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_an_unreadable_file_is_permission_denied(tmp_path: Path) -> None:
-    path = tmp_path / "secret.csv"
-    path.write_text("a\n1\n")
-    path.chmod(0)
-    with pytest.raises(UnreadableDataError, match="permission denied"):
-        profile_file(str(path), "csv")
+def test_an_unreadable_file_is_permission_denied() -> None:
+    # As an unprivileged user (root reads any file), in a folder it may enter.
+    base = Path(tempfile.mkdtemp(prefix="strandline-perm-"))
+    try:
+        base.chmod(0o755)
+        path = base / "secret.csv"
+        path.write_text("a\n1\n")
+        path.chmod(0)
+        probe = (
+            "from daemon.errors import UnreadableDataError, UnreadableTableError\n"
+            "from daemon.tables import profile_file\n"
+            "try:\n"
+            f"    profile_file({str(path)!r}, 'csv')\n"
+            "except UnreadableDataError as exc:\n"
+            "    print(type(exc).__name__, exc)\n"
+        )
+        out = subprocess.run(
+            [*unprivileged_prefix(), sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).parent.parent,
+        )
+    finally:
+        shutil.rmtree(base)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("UnreadableDataError ") and "permission denied" in out.stdout
 
 
 # -- schemas -----------------------------------------------------------------------------------
