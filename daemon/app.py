@@ -130,7 +130,14 @@ class Daemon:
         with contextlib.ExitStack() as stack:
             stack.enter_context(state_lock(state_dir(self.config)))
             catalog = stack.enter_context(Catalog(path))
-            publisher = self.publisher = stack.enter_context(Publisher(path, self.config.kafka))
+            publisher = self.publisher = stack.enter_context(
+                Publisher(
+                    path,
+                    self.config.kafka,
+                    host=self.config.host,
+                    degraded_event_seconds=self.config.degraded_event_seconds,
+                )
+            )
             engine = self.engine = self._engine(catalog, publisher.wake)
             watcher = self.watcher = stack.enter_context(Watcher(engine.note_path, engine.note_overflow))
             watcher.ensure(engine.watch_roots())

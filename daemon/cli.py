@@ -98,6 +98,8 @@ def cli() -> None:
       strandline versions NAME            list a dataset's versions
       strandline show NAME@latest         what changed in the newest version
       strandline events tail              read the events other systems receive
+      strandline consume drift|retrain|alerts   act on the events
+      strandline drift NAME@A NAME@B      did the data drift between two versions?
       strandline doctor                   is everything set up right?
     """
 
@@ -529,6 +531,16 @@ def doctor(folder: Path | None, config: Path | None, as_json: bool) -> None:
             if c.fix:
                 click.echo(f"     → {c.fix}")
     sys.exit(0 if all(c.ok for c in checks) else 1)
+
+
+def _register_consumer_commands() -> None:
+    # At import, so that `cli` (and the tests' CliRunner) has every command; consumers.cli is light.
+    from consumers.cli import register
+
+    register(cli)
+
+
+_register_consumer_commands()
 
 
 def main() -> None:

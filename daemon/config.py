@@ -55,6 +55,15 @@ def load_config(path: Path | None) -> StrandlineConfig:
                 for key in ("root", "suite"):
                     if isinstance(ds, dict) and isinstance(ds.get(key), str):
                         ds[key] = str(base / ds[key])
+        consumers = data.get("consumers")
+        if isinstance(consumers, dict) and isinstance(consumers.get("state_dir"), str):
+            consumers["state_dir"] = str(base / consumers["state_dir"])
+        retrain = data.get("retrain")
+        policies = retrain.get("policies") if isinstance(retrain, dict) else None
+        for policy in policies if isinstance(policies, list) else []:
+            action = policy.get("action") if isinstance(policy, dict) else None
+            if isinstance(action, dict) and isinstance(action.get("cwd"), str):
+                action["cwd"] = str(base / action["cwd"])
         data.setdefault("state_dir", str(base / DEFAULT_STATE_DIR))
     try:
         return StrandlineConfig(**data)  # type: ignore[arg-type]

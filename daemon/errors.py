@@ -8,7 +8,9 @@
     ├── UnreadableDataError    one file cannot be read (vanished, permission denied, not a regular file)
     │   └── UnreadableTableError  the bytes were read but are not a table of their format (corrupt, ragged)
     ├── VersionNotFoundError   NAME@N does not exist
-    └── PublishError           Kafka cannot be reached or refused a message
+    ├── PublishError           Kafka cannot be reached or refused a message
+    ├── BadEventError          a consumed message is not a valid Strandline event (dead-lettered at once)
+    └── DeliveryError          a consumer's side effect failed (HTTP call, command); retried, then dead-lettered
 
 Third-party and OS errors are caught at the boundary and re-raised as one of these with
 ``raise ... from exc`` and a message that says what to do next.
@@ -51,3 +53,18 @@ class VersionNotFoundError(StrandlineError):
 
 class PublishError(StrandlineError):
     """Kafka is unreachable or rejected an event."""
+
+
+class BadEventError(StrandlineError):
+    """A consumed Kafka message is not a valid event of a type the consumer handles."""
+
+
+class DeliveryError(StrandlineError):
+    """A consumer's side effect failed: an HTTP endpoint refused or timed out, a command could not start.
+
+    ``retriable`` is False when retrying cannot help (a 4xx answer other than 408/429).
+    """
+
+    def __init__(self, message: str, *, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable

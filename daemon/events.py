@@ -25,6 +25,7 @@ from daemon.quality import Quality
 from schemas.config import KafkaConfig
 from schemas.events import (
     ChangeListRef,
+    DaemonHealth,
     FileChange,
     InputRejected,
     ProfileRef,
@@ -71,6 +72,18 @@ def _headers(event_type: str, ce_id: str, source: str, subject: str, time: datet
 
 def source_uri(host: str, dataset: str) -> str:
     return f"strandline://{host}/{dataset}"
+
+
+def cloud_event(
+    topic: str, key: str, event_type: str, value: BaseModel, *, ce_id: str, source: str, subject: str, time: datetime
+) -> OutboxMessage:
+    """A Kafka record of ``value`` in CloudEvents binary mode (None fields left out of the JSON)."""
+    return OutboxMessage(
+        topic=topic,
+        key=key.encode("utf-8"),
+        value=value.model_dump_json(exclude_none=True).encode(),
+        headers=_headers(event_type, ce_id, source, subject, time),
+    )
 
 
 def _split_by_size(items: Sequence[M], budget: int) -> list[list[M]]:
@@ -138,11 +151,8 @@ def version_messages(
 
     def record(topic: str, key: str, event_type: str, value: BaseModel, *id_extra: str) -> OutboxMessage:
         ce_id = event_id(event_type, source, str(row.seq), row.version_id, *id_extra)
-        return OutboxMessage(
-            topic=topic,
-            key=key.encode("utf-8"),
-            value=value.model_dump_json(exclude_none=True).encode(),
-            headers=_headers(event_type, ce_id, source, subject, row.created_at),
+        return cloud_event(
+            topic, key, event_type, value, ce_id=ce_id, source=source, subject=subject, time=row.created_at
         )
 
     messages: list[OutboxMessage] = []
@@ -157,6 +167,7 @@ def version_messages(
                 part=i,
                 parts=len(parts),
                 rows=quality.profile.rows if quality.profile else 0,
+                status=quality.status,
                 table_schema=quality.schema if i == 0 else None,
                 columns=tuple(columns),
             )
@@ -233,6 +244,22 @@ def version_messages(
         )
         messages.append(record(kafka.versions_topic, row.dataset, "dataset.validation.failed", failed))
     return messages
+
+
+def health_message(kafka: KafkaConfig, event_type: str, health: DaemonHealth) -> OutboxMessage:
+    """A ``daemon.degraded`` or ``daemon.recovered`` record, keyed by host."""
+    source = f"strandline://{health.host}"
+    ce_id = event_id(event_type, source, health.component, health.since.isoformat())
+    return cloud_event(
+        kafka.versions_topic,
+        health.host,
+        event_type,
+        health,
+        ce_id=ce_id,
+        source=source,
+        subject=f"{health.host}/{health.component}",
+        time=health.at,
+    )
 
 
 def rejection_message(kafka: KafkaConfig, host: str, rejected: InputRejected) -> OutboxMessage:

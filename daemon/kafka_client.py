@@ -7,6 +7,7 @@ explicitly; the outbox, not the producer, is what makes delivery survive a crash
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from daemon.errors import PublishError
@@ -72,8 +73,8 @@ def make_consumer(cfg: KafkaConfig, *topics: str, group_id: str | None, **overri
         raise _unreachable(cfg, exc) from exc
 
 
-def ensure_topics(cfg: KafkaConfig) -> None:
-    """Create the daemon's topics if they are missing (best effort: auto-creation may cover it)."""
+def ensure_topics(cfg: KafkaConfig, topics: Sequence[str] | None = None) -> None:
+    """Create ``topics`` (default: the daemon's three) if they are missing."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -93,7 +94,7 @@ def ensure_topics(cfg: KafkaConfig) -> None:
                 replication_factor=cfg.replication_factor,
                 topic_configs=configs.get(name, {}),
             )
-            for name in (cfg.versions_topic, cfg.manifests_topic, cfg.profiles_topic)
+            for name in topics or (cfg.versions_topic, cfg.manifests_topic, cfg.profiles_topic)
             if name not in existing
         ]
         if wanted:

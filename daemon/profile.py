@@ -14,7 +14,13 @@ How the statistics merge (per batch inside a profiler, per file in ``merge_profi
   keeps its low digits through every merge;
 * numbers and times feed a KLL doubles sketch (quantiles); strings feed a frequent-strings and
   an HLL sketch with each batch's distinct values and their counts (``pyarrow.compute``'s
-  ``value_counts``), so a batch of a categorical costs one update per category.
+  ``value_counts``), so a batch of a categorical costs one update per category;
+* small columns stay exact for the drift tests (``consumers.stattests``): numbers and times keep
+  all their values (``sample``) while there are at most ``EXACT_SAMPLE_MAX`` of them, and each
+  distinct value's count (``domain``) while there are at most ``DOMAIN_MAX`` distinct values.
+  Both are given up for good once past the cap (or at the first infinite value), so a
+  high-cardinality column pays for one probe of its first batch only. Merging concatenates or
+  adds them while the merge stays within the cap.
 
 A column some files lack counts as null in those files' rows, exactly as if the files had been
 concatenated with that column filled with nulls.
@@ -35,7 +41,17 @@ import pyarrow.compute as pc
 from daemon.tableschema import promote_types
 from schemas.profiles import ColumnKind, ColumnProfile, Scalar, TableProfile, TimeUnit
 
-__all__ = ["Profiler", "distinct_estimate", "merge_profiles", "quantiles", "top_items"]
+__all__ = [
+    "DOMAIN_MAX",
+    "EXACT_SAMPLE_MAX",
+    "Profiler",
+    "distinct_estimate",
+    "domain_counts",
+    "exact_sample",
+    "merge_profiles",
+    "quantiles",
+    "top_items",
+]
 
 # Defaults sized for a profile that goes on Kafka: KLL k=200 keeps ranks within ~1.3 % in ~5 KB
 # per numeric column; HLL lg_k=12 (HLL_4) estimates distinct counts within ~1.6 % in at most
@@ -49,6 +65,18 @@ MAX_STRING_STAT_CHARS: Final = 200
 
 # Below 2**53 every integer is an exact double, so no shift is needed for the moments.
 _EXACT_INT: Final = 2**53
+
+# Exact small-sample drift tests (issue #4): Evidently runs KS and chi-square on references of at
+# most 1,000 values, and treats numbers with few distinct values as categories, so a profile keeps
+# every value up to 1,000 values (8 KB as float64) and every distinct value's count up to 20
+# distinct values (Evidently bins PSI and Jensen-Shannon by value up to 20 reference values).
+EXACT_SAMPLE_MAX: Final = 1000
+DOMAIN_MAX: Final = 20
+# A batch's first values are checked before counting all of it: a continuous column shows more
+# than DOMAIN_MAX distinct values at once and stops being counted after one cheap look.
+_DOMAIN_PROBE: Final = 256
+# Integer batches spanning at most this many values are counted with np.bincount, not hashed.
+_BINCOUNT_SPAN: Final = 4096
 
 
 def _b64(data: bytes) -> str:
@@ -186,6 +214,10 @@ class _Numbers(_Column):
         self.max: int | float | None = None
         self.moments = _Moments()
         self.sketch = ds.kll_doubles_sketch(kll_k)
+        # None once given up: past the cap, or an infinite value (JSON has no infinity).
+        self.sample: list[np.ndarray[Any, np.dtype[np.float64]]] | None = []
+        self.sample_n = 0
+        self.domain: dict[int | float, int] | None = {}
 
     def _add_values(self, array: pa.Array) -> None:
         if self.unit is not None:  # a time: its integer count of units
@@ -211,9 +243,16 @@ class _Numbers(_Column):
         low, high = float(values.min()), float(values.max())
         self.min = low if self.min is None else min(self.min, low)
         self.max = high if self.max is None else max(self.max, high)
-        self.moments.merge(len(values), mean, float(values.var()) * len(values))
+        if math.isfinite(mean):
+            variance = float(values.var())
+        else:  # +inf or -inf among the values: inf - inf in the variance is NaN, and no exact values
+            with np.errstate(invalid="ignore"):
+                variance = float(values.var())
+            self.sample = self.domain = None
+        self.moments.merge(len(values), mean, variance * len(values))
         # The sketch's C++ signature wants a writable array; Arrow's zero-copy view is read-only.
         self.sketch.update(values if values.flags.writeable else values.copy())
+        self._add_exact(values, values, low, high)
 
     def _add_integers(self, values: np.ndarray[Any, np.dtype[np.integer[Any]]]) -> None:
         low, high = int(values.min()), int(values.max())
@@ -230,6 +269,32 @@ class _Numbers(_Column):
             total = int(np.right_shift(values, 32).sum()) * 2**32 + int(np.bitwise_and(values, 0xFFFFFFFF).sum())
         self.moments.merge(len(values), total / len(values), float(shifted.var()) * len(values), total)
         self.sketch.update(as_float)
+        self._add_exact(values, as_float, low, high)
+
+    def _add_exact(
+        self,
+        values: np.ndarray[Any, np.dtype[Any]],
+        as_float: np.ndarray[Any, np.dtype[np.float64]],
+        low: int | float,
+        high: int | float,
+    ) -> None:
+        """Keep the values while there are few, and each value's count while there are few distinct."""
+        if self.sample is not None:
+            if self.sample_n + len(as_float) <= EXACT_SAMPLE_MAX:
+                self.sample.append(np.array(as_float, dtype=np.float64))  # a copy: the batch goes
+                self.sample_n += len(as_float)
+            else:
+                self.sample = None
+        if self.domain is not None:
+            counted = _value_counts(values, low, high)
+            if counted is None:
+                self.domain = None
+                return
+            domain = self.domain
+            for value, count in zip(*counted, strict=True):
+                domain[value] = domain.get(value, 0) + count
+            if len(domain) > DOMAIN_MAX:
+                self.domain = None
 
     def _stats(self) -> dict[str, Any]:
         m = self.moments
@@ -243,7 +308,54 @@ class _Numbers(_Column):
             "sum": None if empty else m.total,
             "stddev": _finite(_stddev(m.n, m.m2)),
             "quantiles": None if empty else _b64(self.sketch.serialize()),
+            "sample": None if empty or self.sample is None else _encode_sample(np.concatenate(self.sample)),
+            "domain": None if empty or self.domain is None else _sorted_domain(self.domain),
         }
+
+
+def _value_counts(
+    values: np.ndarray[Any, np.dtype[Any]], low: int | float, high: int | float
+) -> tuple[list[int | float], list[int]] | None:
+    """The distinct values of a batch and their counts; None when there are more than DOMAIN_MAX.
+
+    Integers (and floats that are whole numbers, as a rating read from CSV) spanning few values
+    are counted with ``np.bincount``, four times faster than hashing them with ``value_counts``.
+    """
+    if high - low < _BINCOUNT_SPAN:
+        offsets: np.ndarray[Any, np.dtype[Any]] | None = None
+        if isinstance(low, int):
+            # Wrapping int64 arithmetic: exact for any integer type, as the span is small.
+            as_int = values if values.dtype == np.int64 else values.astype(np.int64)
+            offsets = as_int if low == 0 else as_int - np.int64(low if low < 2**63 else low - 2**64)
+        elif low > -_EXACT_INT and high < _EXACT_INT:
+            as_int = values.astype(np.int64)
+            if np.array_equal(as_int, values):
+                offsets = as_int - np.int64(low)
+        if offsets is not None:
+            bins = np.bincount(offsets)
+            present = np.flatnonzero(bins)
+            if len(present) > DOMAIN_MAX:
+                return None
+            base = low if isinstance(low, int) else int(low)
+            keys: list[int | float] = [base + int(i) for i in present]
+            if not isinstance(low, int):
+                keys = [float(k) for k in keys]
+            return keys, [int(c) for c in bins[present]]
+    if len(values) > _DOMAIN_PROBE and len(np.unique(values[:_DOMAIN_PROBE])) > DOMAIN_MAX:
+        return None
+    counted = pc.value_counts(pa.array(values))
+    if len(counted) > DOMAIN_MAX:
+        return None
+    keys = counted.field("values").to_pylist()
+    return keys, counted.field("counts").to_pylist()
+
+
+def _encode_sample(values: np.ndarray[Any, np.dtype[np.float64]]) -> str:
+    return _b64(np.sort(values).astype("<f8").tobytes())
+
+
+def _sorted_domain(counts: dict[int | float, int]) -> tuple[tuple[int | float, int], ...]:
+    return tuple(sorted(counts.items()))
 
 
 class _Booleans(_Column):
@@ -428,6 +540,9 @@ def _merge_column(name: str, parts: list[tuple[int, ColumnProfile | None]]) -> C
             stats["mean"], stats["m2"], stats["sum"] = _finite(moments.mean), _finite(moments.m2), moments.total
             stats["stddev"] = _finite(_stddev(moments.n, moments.m2))
         stats["quantiles"] = _merge_mergeable([c.quantiles for c in with_values], ds.kll_doubles_sketch)
+        if kind in ("numeric", "time"):
+            stats["sample"] = _merge_samples(with_values)
+            stats["domain"] = _merge_domains(with_values)
         stats["frequent"] = _merge_mergeable([c.frequent for c in with_values], ds.frequent_strings_sketch)
         stats["distinct"] = _merge_hll([c.distinct for c in with_values])
     return ColumnProfile(kind=kind, unit=unit, **base, **stats)
@@ -452,6 +567,23 @@ def _merge_mergeable(encoded: list[str | None], sketch_type: Any) -> str | None:
     return _b64(merged.serialize())
 
 
+def _merge_samples(parts: list[ColumnProfile]) -> str | None:
+    # Every part must have kept all its values: a part without a sample had more than the cap.
+    if sum(c.valid_count for c in parts) > EXACT_SAMPLE_MAX or any(c.sample is None for c in parts):
+        return None
+    return _encode_sample(np.concatenate([_decode_sample(c.sample) for c in parts if c.sample is not None]))
+
+
+def _merge_domains(parts: list[ColumnProfile]) -> tuple[tuple[int | float, int], ...] | None:
+    counts: dict[int | float, int] = {}
+    for c in parts:
+        if c.domain is None:
+            return None
+        for value, count in c.domain:
+            counts[value] = counts.get(value, 0) + count
+    return _sorted_domain(counts) if len(counts) <= DOMAIN_MAX else None
+
+
 def _merge_hll(encoded: list[str | None]) -> str | None:
     sketches = [ds.hll_sketch.deserialize(_unb64(e)) for e in encoded if e is not None]
     if not sketches:
@@ -473,6 +605,20 @@ def quantiles(col: ColumnProfile, qs: Sequence[float]) -> list[float] | None:
     if sketch.is_empty():
         return None
     return [float(q) for q in sketch.get_quantiles(list(qs), inclusive=True)]
+
+
+def _decode_sample(text: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.frombuffer(_unb64(text), dtype="<f8").astype(np.float64)
+
+
+def exact_sample(col: ColumnProfile) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+    """Every valid value of a number or time column, sorted; None past ``EXACT_SAMPLE_MAX`` values."""
+    return None if col.sample is None else _decode_sample(col.sample)
+
+
+def domain_counts(col: ColumnProfile) -> dict[int | float, int] | None:
+    """Each distinct valid value of a number or time column and its count; None past ``DOMAIN_MAX``."""
+    return None if col.domain is None else dict(col.domain)
 
 
 def distinct_estimate(col: ColumnProfile) -> float | None:

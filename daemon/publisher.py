@@ -17,9 +17,11 @@ from typing import Any
 
 from daemon.catalog import Catalog
 from daemon.errors import PublishError
+from daemon.events import health_message
 from daemon.kafka_client import ensure_topics, make_producer
 from daemon.outbox import PendingMessage
 from schemas.config import KafkaConfig
+from schemas.events import DaemonHealth
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,15 @@ _PRUNE_AFTER_SECONDS = 7 * 86400
 class Publisher:
     """Outbox → Kafka. ``run`` is a thread body; ``drain`` delivers what is pending and returns."""
 
-    def __init__(self, catalog_path: Path, kafka: KafkaConfig) -> None:
+    def __init__(
+        self, catalog_path: Path, kafka: KafkaConfig, *, host: str = "", degraded_event_seconds: float | None = None
+    ) -> None:
         self._catalog_path = catalog_path
         self._kafka = kafka
+        self._host = host
+        # None: no daemon.degraded events (one-shot commands such as `scan`).
+        self._degraded_event_seconds = degraded_event_seconds
+        self._degraded_announced = False
         self._wake = threading.Event()
         self._producer: Any = None
         self._catalog: Catalog | None = None
@@ -74,6 +82,28 @@ class Publisher:
                 reason,
                 backlog,
             )
+        after = self._degraded_event_seconds
+        if after is not None and not self._degraded_announced and time.time() - self.degraded_since >= after:
+            self._announce("daemon.degraded", reason, backlog)
+            self._degraded_announced = True
+
+    def _announce(self, event_type: str, reason: str, backlog: int) -> None:
+        """Put a health event in the outbox: it goes out, in order, once Kafka answers again."""
+        from datetime import UTC, datetime
+
+        assert self._catalog is not None and self.degraded_since is not None
+        health = DaemonHealth(
+            host=self._host,
+            component="kafka",
+            reason=reason[:1000],
+            since=datetime.fromtimestamp(self.degraded_since, UTC),
+            at=datetime.now(UTC),
+            backlog=backlog,
+        )
+        try:
+            self._catalog.enqueue([health_message(self._kafka, event_type, health)])
+        except Exception:  # the catalog's own trouble (disk full) must not stop the publisher
+            log.warning("cannot record %s in the outbox", event_type, exc_info=True)
 
     def _recovered(self) -> None:
         if self.degraded_since is not None:
@@ -82,6 +112,14 @@ class Publisher:
                 self._kafka.bootstrap,
                 time.time() - self.degraded_since,
             )
+            if self._degraded_announced:
+                assert self._catalog is not None
+                self._announce(
+                    "daemon.recovered",
+                    f"Kafka reachable again after {time.time() - self.degraded_since:.0f} s",
+                    self._catalog.backlog()[0],
+                )
+                self._degraded_announced = False
         self.degraded_since = None
         self.last_error = None
         self._backoff = 0.5

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.drift import DriftReport
 from schemas.profiles import ColumnProfile, SchemaChange, TableSchema
 from schemas.validation import ExpectationOutcome, ValidationStatus
 
@@ -172,6 +173,9 @@ class VersionProfile(_Event):
     part: int = Field(ge=0)
     parts: int = Field(ge=1)
     rows: int = Field(ge=0)
+    status: ValidationStatus | None = Field(
+        None, description="The version's status, so a consumer finds the previous valid version from this topic alone."
+    )
     table_schema: TableSchema | None = Field(None, description="The version's unified schema (part 0 only).")
     columns: tuple[ColumnProfile, ...]
 
@@ -202,12 +206,98 @@ class InputRejected(_Event):
     detected_at: datetime
 
 
+class _DriftEvent(_Event):
+    schema_version: Literal[1] = 1
+    dataset: str
+    version: int = Field(ge=1, description="The current version, compared with report.reference_version.")
+    version_id: str
+    host: str = Field(description="The host whose daemon created the version.")
+    detected_at: datetime = Field(description="When the drift consumer compared the versions.")
+    report: DriftReport = Field(description="The verdict with every column's test, score and threshold.")
+    columns_truncated: bool = Field(
+        False, description="True when only the drifted columns are listed, to keep the record under 1 MB."
+    )
+
+
+class DriftDetected(_DriftEvent):
+    """``dataset.drift.detected`` (on ``<prefix>.drift``): a version drifted from the previous valid version."""
+
+
+class DriftCleared(_DriftEvent):
+    """``dataset.drift.cleared``: the version after a drifted one is back within bounds."""
+
+
+RetrainTrigger = Literal["version", "drift", "rows"]
+RetrainStatus = Literal["succeeded", "failed", "interrupted"]
+
+
+class RetrainStarted(_Event):
+    """``model.retrain.started`` (on ``<prefix>.models``): a retraining run began on a dataset version."""
+
+    schema_version: Literal[1] = 1
+    run_id: str
+    dataset: str
+    version: int = Field(ge=1)
+    version_id: str
+    trigger: RetrainTrigger = Field(description="The policy that fired: every valid version, drift, or rows changed.")
+    action: Literal["command", "airflow", "webhook"]
+    coalesced: int = Field(0, ge=0, description="Newer versions folded into this run while the previous one ran.")
+    started_at: datetime
+    host: str = Field(description="The host running the retrain consumer.")
+
+
+class RetrainFinished(_Event):
+    """``model.retrain.finished``: how a run ended, and the model it made when the command said so."""
+
+    schema_version: Literal[1] = 1
+    run_id: str
+    dataset: str
+    version: int = Field(ge=1)
+    version_id: str
+    trigger: RetrainTrigger
+    action: Literal["command", "airflow", "webhook"]
+    status: RetrainStatus
+    started_at: datetime
+    finished_at: datetime
+    exit_code: int | None = Field(None, description="The command's exit status; null for HTTP actions.")
+    http_status: int | None = None
+    reason: str | None = Field(None, description="Why the run failed or was interrupted, in one line.")
+    model_path: str | None = Field(None, description="The model the command reported writing.")
+    model_hash: str | None = Field(
+        None, description="XXH3-128 of the model file's bytes (of a folder: of its manifest)."
+    )
+    host: str
+
+
+class DaemonHealth(_Event):
+    """``daemon.degraded`` / ``daemon.recovered`` (on ``<prefix>.versions``, key = host).
+
+    Degraded is published once a problem has lasted ``degraded_event_seconds`` (Kafka
+    unreachable: the event waits in the outbox and arrives with the backlog); recovered when it
+    cleared, with how long it lasted. Versioning goes on meanwhile: nothing is lost.
+    """
+
+    schema_version: Literal[1] = 1
+    host: str
+    component: Literal["kafka"] = Field(description="What is degraded: 'kafka' (events cannot be delivered).")
+    reason: str = Field(description="The last error, in one line.")
+    since: datetime = Field(description="When the problem started.")
+    at: datetime = Field(description="When it was noticed as lasting (degraded) or cleared (recovered).")
+    backlog: int = Field(0, ge=0, description="Events waiting in the outbox at that moment.")
+
+
 EVENT_TYPES: dict[str, type[_Event]] = {
     "dataset.version.created": VersionCreated,
     "dataset.version.changes": VersionChanges,
     "dataset.input.rejected": InputRejected,
     "dataset.validation.failed": ValidationFailed,
     "dataset.version.profile": VersionProfile,
+    "dataset.drift.detected": DriftDetected,
+    "dataset.drift.cleared": DriftCleared,
+    "model.retrain.started": RetrainStarted,
+    "model.retrain.finished": RetrainFinished,
+    "daemon.degraded": DaemonHealth,
+    "daemon.recovered": DaemonHealth,
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.alerts import Alert
 from schemas.config import StrandlineConfig
 from schemas.events import EVENT_TYPES, SCHEMA_VERSION, dataschema_urn
 
@@ -23,12 +24,19 @@ def rendered() -> dict[str, str]:
         f"{event_type}.v{SCHEMA_VERSION}.schema.json": model for event_type, model in EVENT_TYPES.items()
     }
     files["config.schema.json"] = StrandlineConfig
+    # The body the generic alert webhook receives.
+    files[f"alert.v{SCHEMA_VERSION}.schema.json"] = Alert
     out = {}
     for name, model in files.items():
         schema = model.model_json_schema(mode="serialization" if name != "config.schema.json" else "validation")
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         event_type = name.removesuffix(f".v{SCHEMA_VERSION}.schema.json")
-        schema["$id"] = dataschema_urn(event_type) if event_type in EVENT_TYPES else "urn:strandline:schema:config"
+        if event_type in EVENT_TYPES:
+            schema["$id"] = dataschema_urn(event_type)
+        elif name.startswith("alert."):
+            schema["$id"] = f"urn:strandline:schema:alert:{SCHEMA_VERSION}"
+        else:
+            schema["$id"] = "urn:strandline:schema:config"
         out[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return out
 

@@ -107,7 +107,8 @@ class ColumnProfile(_Model):
     and a quantile sketch; strings (and dictionary-encoded strings) have min and max
     (lexicographic by code point, null when longer than 200 characters), a frequent-items and a
     distinct-count sketch; booleans have min, max and the share of true as mean. Non-finite
-    floats serialise as null.
+    floats serialise as null. Small number and time columns also keep their values (``sample``)
+    and their distinct values' counts (``domain``) exactly.
     """
 
     name: str
@@ -130,6 +131,16 @@ class ColumnProfile(_Model):
         "mean (a double near 2**62 has a spacing of 1024).",
     )
     quantiles: str | None = Field(None, description="base64 of a KLL doubles sketch of the valid values.")
+    sample: str | None = Field(
+        None,
+        description="Numbers and times with at most 1,000 valid values, all finite: base64 of every valid value "
+        "as little-endian float64, sorted, so that small-sample drift tests are exact (absent past that).",
+    )
+    domain: tuple[tuple[int | float, int], ...] | None = Field(
+        None,
+        description="Numbers and times with at most 20 distinct valid values, all finite: each value and its "
+        "count, in value order (absent past that).",
+    )
     frequent: str | None = Field(None, description="base64 of a frequent_strings sketch of the values.")
     distinct: str | None = Field(None, description="base64 of a compact HLL sketch of the distinct values.")
 

@@ -168,3 +168,102 @@ def start_daemon(config: StrandlineConfig, folder: Path | None = None) -> Runnin
     if errors:
         raise errors[0]
     return running
+
+
+@dataclass
+class RunningConsumer:
+    runner: Any
+    thread: threading.Thread
+    stop_event: threading.Event
+    errors: list[BaseException]
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "consumer did not stop within 60 s"
+
+
+def start_consumer(config: StrandlineConfig, kind: str, *, before_commit: Any = None) -> RunningConsumer:
+    """A real `strandline consume KIND` loop in a thread, with its own state under the config's state_dir."""
+    from consumers.app import group_id, make_handler, state_path
+    from consumers.runner import ConsumerRunner
+    from consumers.state import ConsumerState
+
+    state = ConsumerState(state_path(config, kind))  # type: ignore[arg-type]
+    handler = make_handler(config, kind, state)  # type: ignore[arg-type]
+    runner = ConsumerRunner(
+        config.kafka,
+        config.consumers,
+        handler,
+        state,
+        group_id=group_id(config, kind),  # type: ignore[arg-type]
+        before_commit=before_commit,
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            runner.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            state.close()
+
+    thread = threading.Thread(target=body, name=f"consumer-{kind}", daemon=True)
+    thread.start()
+    return RunningConsumer(runner, thread, stop, errors)
+
+
+def publish(bootstrap: str, messages: list[Any]) -> None:
+    """Send OutboxMessages (topic, key, value, headers) and wait for the broker's acks."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        futures = [producer.send(m.topic, key=m.key, value=m.value, headers=list(m.headers)) for m in messages]
+        for f in futures:
+            f.get(timeout=30)
+    finally:
+        producer.close()
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A real HTTP server on loopback that records every POST and answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.status = status
+        self.requests: list[Received] = []
+        receiver = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                receiver.requests.append(Received(self.path, dict(self.headers.items()), body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -15,7 +15,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from daemon.profile import Profiler, distinct_estimate, merge_profiles, quantiles, top_items
+from daemon.profile import (
+    DOMAIN_MAX,
+    EXACT_SAMPLE_MAX,
+    Profiler,
+    distinct_estimate,
+    domain_counts,
+    exact_sample,
+    merge_profiles,
+    quantiles,
+    top_items,
+)
 from schemas.profiles import ColumnProfile, TableProfile
 
 ROWS = 20_000
@@ -193,7 +203,7 @@ def _assert_same_profile(merged: TableProfile, whole: TableProfile) -> None:
     assert merged.rows == whole.rows
     assert [c.name for c in merged.columns] == [c.name for c in whole.columns]
     for m, w in zip(merged.columns, whole.columns, strict=True):
-        exact = ("kind", "unit", "count", "null_count", "nan_count", "min", "max")
+        exact = ("kind", "unit", "count", "null_count", "nan_count", "min", "max", "sample", "domain")
         assert {k: getattr(m, k) for k in exact} == {k: getattr(w, k) for k in exact}, m.name
         for stat in ("mean", "stddev", "m2"):
             a, b = getattr(m, stat), getattr(w, stat)
@@ -313,3 +323,102 @@ def test_other_number_and_time_types_are_profiled_exactly() -> None:
     u64 = _col(profile, "u64")
     assert u64.sum == 2**64 - 1 + 2**63 + 2**63 + 2  # exact, though past int64
     assert u64.stddev == pytest.approx(np.std([2**63 - 1, 0, 2], ddof=1), rel=1e-12)
+
+
+# -- exact values of small columns (sample, domain) -------------------------------------------
+
+
+def _valid(table: pa.Table, name: str) -> np.ndarray:
+    values = table.column(name).drop_null().to_numpy()
+    return values[~np.isnan(values)] if values.dtype.kind == "f" else values
+
+
+def _unique_counts(values: np.ndarray) -> dict[int | float, int]:
+    keys, counts = np.unique(values, return_counts=True)
+    return dict(zip(keys.tolist(), counts.tolist(), strict=True))
+
+
+def _small_table(rows: int, seed: int = 3) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    floats = rng.normal(5.0, 2.0, rows)
+    floats[rng.random(rows) < 0.05] = np.nan
+    return pa.table(
+        {
+            "f": pa.array(floats, mask=rng.random(rows) < 0.1),
+            "grade": pa.array(rng.integers(1, 6, rows), mask=rng.random(rows) < 0.1),
+            "rating": pa.array(rng.integers(0, 11, rows) / 2.0),
+            "t": pa.array(rng.integers(0, 10**6, rows), pa.timestamp("s")),
+        }
+    )
+
+
+def test_a_small_column_keeps_every_valid_value_sorted() -> None:
+    table = _small_table(EXACT_SAMPLE_MAX + 200)
+    profile = _profile(table.slice(0, 900), batch_rows=128)
+    for name in ("f", "grade", "rating", "t"):
+        col = _col(profile, name)
+        sample = exact_sample(col)
+        expected = np.sort(_valid(table.slice(0, 900), name).astype(np.float64))
+        assert sample is not None and col.valid_count == len(sample) <= EXACT_SAMPLE_MAX, name
+        np.testing.assert_array_equal(sample, expected)
+
+
+def test_the_sample_is_dropped_past_the_cap_in_a_file_and_in_a_merge() -> None:
+    rows = EXACT_SAMPLE_MAX + 1
+    table = pa.table({"x": np.arange(rows, dtype=np.float64)})
+    assert exact_sample(_col(_profile(table.slice(0, EXACT_SAMPLE_MAX), batch_rows=300), "x")) is not None
+    assert _col(_profile(table, batch_rows=300), "x").sample is None
+    head, tail = _profile(table.slice(0, 600)), _profile(table.slice(600, EXACT_SAMPLE_MAX - 600))
+    merged = merge_profiles([head, tail, _profile(table.slice(0, 0))])
+    np.testing.assert_array_equal(exact_sample(_col(merged, "x")), np.arange(EXACT_SAMPLE_MAX, dtype=np.float64))
+    assert _col(merge_profiles([head, _profile(table.slice(600))]), "x").sample is None
+
+
+def test_few_distinct_numbers_keep_their_exact_counts() -> None:
+    table = _small_table(50_000)
+    profile = _profile(table, batch_rows=4_096)
+    for name in ("grade", "rating"):
+        col = _col(profile, name)
+        assert col.sample is None
+        assert domain_counts(col) == _unique_counts(_valid(table, name)), name
+        assert len(_unique_counts(_valid(table, name))) <= DOMAIN_MAX
+    assert all(isinstance(v, int) for v, _ in _col(profile, "grade").domain or ())
+    assert all(isinstance(v, float) for v, _ in _col(profile, "rating").domain or ())
+    assert _col(profile, "f").domain is None and _col(profile, "t").domain is None
+
+
+def test_the_domain_is_dropped_for_good_past_the_cap() -> None:
+    # 20 values in the first batches, a 21st in the last: one more than the cap.
+    values = np.concatenate([np.tile(np.arange(DOMAIN_MAX), 500), [DOMAIN_MAX]])
+    assert _col(_profile(pa.table({"x": values[:-1]}), batch_rows=1_000), "x").domain is not None
+    assert _col(_profile(pa.table({"x": values}), batch_rows=1_000), "x").domain is None
+    # Merging: 15 + 15 values, overlapping in 10, is 20; shifted by one more it is 21.
+    low = _profile(pa.table({"x": np.arange(15)}))
+    overlapping = _profile(pa.table({"x": np.arange(5, 20)}))
+    too_many = _profile(pa.table({"x": np.arange(6, 21)}))
+    assert domain_counts(_col(merge_profiles([low, overlapping]), "x")) == _unique_counts(
+        np.concatenate([np.arange(15), np.arange(5, 20)])
+    )
+    assert _col(merge_profiles([low, too_many]), "x").domain is None
+
+
+def test_the_domain_counts_integers_far_apart_and_near_the_uint64_limit() -> None:
+    # Spans too wide for bincount, and unsigned values past int64, both counted exactly.
+    wide = np.array([0, 10**12, -(10**15), 10**12] * 100, dtype=np.int64)
+    top = np.array([2**64 - 1, 2**64 - 3, 2**63 - 1, 2**64 - 1] * 100, dtype=np.uint64)
+    profile = _profile(pa.table({"wide": wide, "top": pa.array(top, pa.uint64())}), batch_rows=150)
+    assert domain_counts(_col(profile, "wide")) == {-(10**15): 100, 0: 100, 10**12: 200}
+    assert domain_counts(_col(profile, "top")) == {2**63 - 1: 100, 2**64 - 3: 100, 2**64 - 1: 200}
+
+
+def test_infinite_values_leave_no_sample_and_no_domain() -> None:
+    # No numpy warning either (the tests turn warnings into errors): inf - inf in the variance.
+    col = _col(_profile(pa.table({"x": [1.0, 2.0, np.inf]})), "x")
+    assert (col.sample, col.domain, col.valid_count, col.max) == (None, None, 3, np.inf)
+
+
+def test_sample_and_domain_survive_json() -> None:
+    profile = _profile(_small_table(500))
+    again = TableProfile.model_validate_json(profile.model_dump_json())
+    assert again == profile
+    assert _col(again, "rating").domain == _col(profile, "rating").domain

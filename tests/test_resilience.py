@@ -39,6 +39,7 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
     config = config_for(
         [DatasetConfig(name="outage", root=data_dir, settle_seconds=0.2)],
         kafka={"bootstrap": bootstrap, "topic_prefix": "outage", "partitions": 1, "delivery_timeout_seconds": 15},
+        degraded_event_seconds=1.0,
     )
     running = start_daemon(config)
     try:
@@ -55,9 +56,8 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
         kafka_broker.start(broker_dir)
         wait_for(lambda: running.backlog() == 0, 90, what="backlog delivered")
         versions = running.versions("outage")
-        events = version_events(
-            read_events(bootstrap, config.kafka.versions_topic, min_count=len(versions), settle=1.0)
-        )
+        everything = read_events(bootstrap, config.kafka.versions_topic, min_count=len(versions) + 2, settle=1.0)
+        events = version_events(everything)
         with running.catalog() as c:
             added = _added_counts(c, "outage")
     finally:
@@ -76,6 +76,13 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
     assert first_seen == seqs, "every version delivered, in order"
     by_id = {e.headers["ce_id"]: e.data["version"] for e in events}
     assert sorted(by_id.values()) == seqs, "re-sends, if any, carry the same ce_id"
+    # The outage itself is announced once, for on-call: degraded, then recovered, with the backlog.
+    health = {e.headers["ce_id"]: e for e in everything if e.headers["ce_type"].startswith("daemon.")}
+    kinds = [e.headers["ce_type"] for e in health.values()]
+    assert kinds == ["daemon.degraded", "daemon.recovered"]
+    degraded_event, recovered_event = health.values()
+    assert degraded_event.data["component"] == "kafka" and degraded_event.data["backlog"] > 0
+    assert degraded_event.key == "test-host" and recovered_event.data["since"] == degraded_event.data["since"]
 
 
 def _write_config(path: Path, state: Path, root: Path, bootstrap: str, prefix: str) -> None:

@@ -1,0 +1,89 @@
+"""Composes one consumer process: state, handler, runner, metrics endpoint, signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+from consumers.metrics import ConsumerMetrics, serve_metrics
+from consumers.runner import ConsumerRunner, Handler
+from consumers.state import ConsumerState
+from daemon.config import state_dir
+from schemas.config import StrandlineConfig
+
+log = logging.getLogger(__name__)
+
+ConsumerKind = Literal["drift", "retrain", "alerts"]
+CONSUMER_KINDS: tuple[ConsumerKind, ...] = ("drift", "retrain", "alerts")
+
+
+def consumer_state_dir(config: StrandlineConfig) -> Path:
+    return (config.consumers.state_dir or state_dir(config) / "consumers").resolve()
+
+
+def state_path(config: StrandlineConfig, kind: ConsumerKind) -> Path:
+    return consumer_state_dir(config) / f"{kind}.sqlite"
+
+
+def group_id(config: StrandlineConfig, kind: ConsumerKind) -> str:
+    return f"{config.consumers.group_prefix}-{kind}"
+
+
+def make_handler(config: StrandlineConfig, kind: ConsumerKind, state: ConsumerState) -> Handler:
+    if kind == "drift":
+        from consumers.drift_service import DriftHandler
+
+        return DriftHandler(config.kafka, config.drift, state, host=config.host)
+    if kind == "retrain":
+        from consumers.retrain_service import RetrainHandler
+
+        return RetrainHandler(config, state)
+    from consumers.alert_service import AlertHandler
+
+    return AlertHandler(config, state)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT asks for a clean stop; a second one exits at once."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s received: finishing the event in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_consumer(
+    config: StrandlineConfig,
+    kind: ConsumerKind,
+    stop: threading.Event,
+    *,
+    idle_timeout: float | None = None,
+    metrics_port: int | None = None,
+) -> ConsumerMetrics:
+    """Run one consumer of ``kind`` until ``stop`` (or ``idle_timeout`` without records)."""
+    with ExitStack() as stack:
+        state = stack.enter_context(ConsumerState(state_path(config, kind)))
+        handler = make_handler(config, kind, state)
+        metrics = ConsumerMetrics(kind)
+        port = metrics_port if metrics_port is not None else config.consumers.metrics_port
+        if port is not None:
+            server = serve_metrics(metrics, port)
+            stack.callback(server.shutdown)
+            log.info("metrics for consumer %s on http://%s:%d/metrics", kind, *server.server_address[:2])
+        runner = ConsumerRunner(
+            config.kafka, config.consumers, handler, state, group_id=group_id(config, kind), metrics=metrics
+        )
+        runner.run(stop, idle_timeout=idle_timeout)
+        return metrics
+    raise AssertionError("unreachable")  # pragma: no cover  (mypy: ExitStack may swallow)
