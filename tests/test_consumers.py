@@ -651,3 +651,119 @@ def test_daemon_degradation_pages_the_daemon_route_and_recovery_resolves_it(
     assert resolve["event_action"] == "resolve"
     assert trigger["dedup_key"] == resolve["dedup_key"] == "strandline/ingest-7/daemon/kafka"
     assert slack.requests == []
+
+
+def _drift_detected(kafka: KafkaConfig, dataset: str, version: int, rows: int) -> OutboxMessage:
+    from schemas.drift import DriftReport
+    from schemas.events import DriftDetected
+
+    report = DriftReport(
+        dataset=dataset,
+        reference_version=version - 1,
+        reference_version_id="r" * 32,
+        current_version=version,
+        current_version_id=f"{dataset}-{version:04d}".ljust(32, "0"),
+        reference_rows=rows,
+        current_rows=rows,
+        columns=(),
+        tested_columns=0,
+        drifted_columns=0,
+        share=0.0,
+        share_threshold=0.5,
+        drifted=True,
+        reasons=("schema changed",),
+        schema_drifted=True,
+    )
+    value = DriftDetected(
+        dataset=dataset,
+        version=version,
+        version_id=report.current_version_id,
+        host="data-host",
+        detected_at=datetime.now(UTC),
+        report=report,
+    )
+    return cloud_event(
+        kafka.drift_topic,
+        dataset,
+        "dataset.drift.detected",
+        value,
+        ce_id=event_id("drift", dataset, str(version)),
+        source="strandline://data-host/consumers/drift",
+        subject=f"{dataset}@{version}",
+        time=value.detected_at,
+    )
+
+
+def test_drift_and_rows_policies_start_runs_only_when_their_condition_holds(
+    config_for, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    out = tmp_path / "runs.jsonl"
+    script = _script(
+        tmp_path,
+        f"""
+        import json, os
+        with open({str(out)!r}, "a") as fh:
+            fh.write(json.dumps({{"dataset": os.environ["STRANDLINE_DATASET"],
+                                 "version": int(os.environ["STRANDLINE_VERSION"]),
+                                 "trigger": os.environ["STRANDLINE_TRIGGER"]}}) + "\\n")
+    """,
+    )
+    action = {"type": "command", "argv": [sys.executable, str(script)]}
+    config = config_for(
+        retrain={
+            "policies": [
+                {"datasets": ["clicks"], "on": "drift", "action": action},
+                {"datasets": ["orders"], "on": "rows", "min_row_change": 0.2, "action": action},
+            ]
+        }
+    )
+    consumer = start_consumer(config, "retrain")
+    kafka = config.kafka
+    try:
+        publish(
+            kafka_bootstrap,
+            [
+                version_event(kafka, "clicks", 1),  # a drift policy ignores plain versions
+                _drift_detected(kafka, "clicks", 2, 1000),
+                version_event(kafka, "orders", 1, rows=1000),  # first: no run yet, so it runs
+            ],
+        )
+        wait_for(lambda: len(_run_lines(out)) == 2, 30, what="two runs")
+        publish(
+            kafka_bootstrap,
+            [
+                version_event(kafka, "orders", 2, rows=1100),  # +10 %: below 20 %
+                version_event(kafka, "orders", 3, rows=1250),  # +25 % against the last run's 1000
+            ],
+        )
+        wait_for(lambda: len(_run_lines(out)) == 3, 30, what="the rows run")
+        wait_for(lambda: consumer.runner.metrics.count("acted") == 5, 30, what="all events taken in")
+    finally:
+        consumer.stop()
+    runs = sorted((r["dataset"], r["version"], r["trigger"]) for r in _run_lines(out))
+    assert runs == [("clicks", 2, "drift"), ("orders", 1, "rows"), ("orders", 3, "rows")]
+
+
+def test_an_event_that_keeps_failing_is_dead_lettered_after_the_retries_and_the_next_is_handled(
+    config_for, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import consumers.drift_service as drift_service
+
+    # A version whose profile never reaches the profiles topic: a retriable failure every time.
+    monkeypatch.setattr(drift_service, "PROFILE_WAIT_SECONDS", 0.2)
+    config = config_for(consumers={"retries": 2, "retry_backoff_seconds": 0.1})
+    kafka = config.kafka
+    orphan = version_event(kafka, "sales", 1)
+    value = json.loads(orphan.value)
+    value["table"]["profile"] = {"topic": kafka.profiles_topic, "key": "x/0", "parts": 1}
+    orphan = OutboxMessage(orphan.topic, orphan.key, json.dumps(value).encode(), orphan.headers)
+    consumer = start_consumer(config, "drift")
+    try:
+        publish(kafka_bootstrap, [orphan, version_event(kafka, "sales", 2, status="invalid")])
+        wait_for(lambda: consumer.runner.metrics.count("acted") == 1, 60, what="the next event handled")
+        (dead,) = read_events_raw(kafka_bootstrap, kafka.dead_letter_topic, 1)
+    finally:
+        consumer.stop()
+    assert dead["dlq_attempts"] == "3" and "is not on" in dead["dlq_reason"]
+    assert dead["dlq_consumer"] == "drift" and dead["ce_type"] == "dataset.version.created"
+    assert consumer.runner.metrics.count("dead_lettered") == 1
