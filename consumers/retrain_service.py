@@ -377,10 +377,17 @@ class RetrainHandler:
             model_hash=outcome.model_hash,
             host=self.config.host,
         )
-        if outcome.model_path and self.config.retrain.mlflow_tracking_uri and outcome.mlflow_run_id:
+        if self.config.retrain.mlflow_tracking_uri and outcome.mlflow_run_id:
             from consumers.mlflow_lineage import log_dataset_input
 
-            log_dataset_input(self.config.retrain.mlflow_tracking_uri, outcome.mlflow_run_id, run)
+            # In its own thread: an MLflow server that does not answer retries for minutes, and the
+            # poll loop must come back to Kafka well within max.poll.interval.ms.
+            threading.Thread(
+                target=log_dataset_input,
+                args=(self.config.retrain.mlflow_tracking_uri, outcome.mlflow_run_id, run),
+                name=f"mlflow-{run_id}",
+                daemon=True,
+            ).start()
         return [self._message("model.retrain.finished", finished, run_id, run.dataset, run.version)]
 
     def _requeue(self, run: RunRow) -> None:

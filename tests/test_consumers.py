@@ -767,3 +767,38 @@ def test_an_event_that_keeps_failing_is_dead_lettered_after_the_retries_and_the_
     assert dead["dlq_attempts"] == "3" and "is not on" in dead["dlq_reason"]
     assert dead["dlq_consumer"] == "drift" and dead["ce_type"] == "dataset.version.created"
     assert consumer.runner.metrics.count("dead_lettered") == 1
+
+
+def test_a_run_that_reports_its_mlflow_run_gets_the_dataset_version_as_an_input(
+    config_for, tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracking = (tmp_path / "mlruns").as_uri()
+    client = MlflowClient(tracking_uri=tracking)
+    mlflow_run = client.create_run(client.create_experiment("sales-model")).info.run_id
+    script = _script(
+        tmp_path,
+        f"""
+        import json, os
+        json.dump({{"mlflow_run_id": {mlflow_run!r}}}, open(os.environ["STRANDLINE_RESULT_FILE"], "w"))
+    """,
+    )
+    config = config_for(
+        retrain={
+            "mlflow_tracking_uri": tracking,
+            "policies": [{"action": {"type": "command", "argv": [sys.executable, str(script)]}}],
+        }
+    )
+    consumer = start_consumer(config, "retrain")
+    try:
+        publish(kafka_bootstrap, [version_event(config.kafka, "sales", 3)])
+        inputs = wait_for(lambda: client.get_run(mlflow_run).inputs.dataset_inputs, 60, what="the MLflow input")
+    finally:
+        consumer.stop()
+    (logged,) = inputs
+    assert logged.dataset.name == "sales" and logged.dataset.digest == "sales-0003".ljust(32, "0")
+    assert json.loads(logged.dataset.source)["version"] == 3
+    assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "training"
