@@ -802,3 +802,42 @@ def test_a_run_that_reports_its_mlflow_run_gets_the_dataset_version_as_an_input(
     assert logged.dataset.name == "sales" and logged.dataset.digest == "sales-0003".ljust(32, "0")
     assert json.loads(logged.dataset.source)["version"] == 3
     assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "training"
+
+
+def test_a_run_cut_short_by_a_stop_is_recorded_interrupted_and_runs_again_at_the_next_start(
+    config_for, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    out = tmp_path / "runs.jsonl"
+    gate = tmp_path / "gate"
+    script = _script(
+        tmp_path,
+        f"""
+        import json, os, pathlib, time
+        with open({str(out)!r}, "a") as fh:
+            fh.write(json.dumps({{"version": int(os.environ["STRANDLINE_VERSION"])}}) + "\\n")
+        while not pathlib.Path({str(gate)!r}).exists():
+            time.sleep(0.05)
+    """,
+    )
+    config = config_for(
+        retrain={
+            "stop_grace_seconds": 2,
+            "policies": [{"action": {"type": "command", "argv": [sys.executable, str(script)]}}],
+        }
+    )
+    first = start_consumer(config, "retrain")
+    try:
+        publish(kafka_bootstrap, [version_event(config.kafka, "sales", 1)])
+        wait_for(lambda: len(_run_lines(out)) == 1, 30, what="the run started")
+    finally:
+        first.stop()  # SIGTERM to the command, which ignores the gate: it is killed, then recorded
+    second = start_consumer(config, "retrain")
+    try:
+        wait_for(lambda: len(_run_lines(out)) == 2, 30, what="the run started again")
+        gate.write_text("go")
+        models = read_events(kafka_bootstrap, config.kafka.models_topic, min_count=4, timeout=30, settle=1.0)
+    finally:
+        second.stop()
+    finished = [e.data for e in models if e.headers["ce_type"] == "model.retrain.finished"]
+    assert [(f["version"], f["status"]) for f in finished] == [(1, "interrupted"), (1, "succeeded")]
+    assert [r["version"] for r in _run_lines(out)] == [1, 1]
