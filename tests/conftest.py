@@ -89,3 +89,57 @@ def config_for(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str):  # type
         return make_config(tmp_path, kafka_bootstrap, topic_prefix, datasets, **overrides)
 
     return build
+
+
+def _s3_server_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("s3_server", REPO / "scripts" / "s3_server.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["s3_server"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+s3_server = _s3_server_module()
+
+# Any key pair works with the test server; these are never real.
+S3_TEST_ACCESS_KEY = "AKIASTRANDLINETEST01"
+S3_TEST_SECRET_KEY = "strandline-test-secret-not-real"  # noqa: S105 - a fake for the test server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (moto) on a free loopback port, started for this session."""
+    directory = tmp_path_factory.mktemp("s3")
+    endpoint = s3_server.start(directory)
+    try:
+        yield endpoint
+    finally:
+        s3_server.stop(directory)
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh, empty bucket; AWS credentials come from the environment, as botocore's chain finds them.
+
+    The caller's ~/.aws files, profile and endpoint variables are hidden, and the instance-metadata
+    probe (a request to a link-local address) is switched off.
+    """
+    import boto3
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config-absent"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials-absent"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_TEST_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_TEST_SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = f"t-{uuid.uuid4().hex[:16]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    try:
+        client.create_bucket(Bucket=name)
+    finally:
+        client.close()
+    return name

@@ -1,0 +1,755 @@
+"""Dataset roots in object stores: ``s3://bucket/prefix`` listed, checked and hashed through fsspec.
+
+The pure core takes no network and is tested on its own:
+
+- ``parse_root`` turns ``s3://bucket/prefix`` into a ``BucketRoot`` (``ConfigError`` when it is not one);
+- ``check_key`` / ``safe_key`` turn an object key into the relative POSIX path it is versioned
+  under, or say why the key is hostile (traversal, absolute, encoded or look-alike separators,
+  control characters, non-NFC text, overlong); a path they return never leaves a folder it is
+  joined to;
+- ``entries_from_page`` turns one ``ListObjectsV2`` page into ``ObjectEntry`` and ``ObjectRejection``
+  values, skipping folder placeholders.
+
+The adapter around it, for S3 and S3-compatible stores (MinIO, Ceph, R2, moto) through s3fs:
+
+- ``make_filesystem`` builds the filesystem: endpoint override, credentials from the usual chain
+  (environment, shared credentials file and profile, container or instance role) unless given;
+- ``list_prefix`` pages through the listing, one page in memory at a time;
+- ``hash_object`` streams one GET through XXH3-128, the same digest ``daemon.fingerprint`` gives
+  the same bytes on disk; ``open_object`` opens an object for pyarrow;
+- ``check_root`` asks for one key, to fail early with a message that says what to do.
+
+Errors that concern the whole root (endpoint unreachable, bucket missing, access denied, no
+credentials, throttled) are ``SourceError``; errors of one object (vanished, changed since it was
+listed, access to it denied) are ``UnreadableDataError``. s3fs's and botocore's exceptions never
+get past this module, and no message carries a credential.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import xxhash
+from pydantic import SecretStr
+
+from daemon.errors import ConfigError, SourceError, StrandlineError, UnreadableDataError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_KEY_BYTES",
+    "MAX_SEGMENT_BYTES",
+    "BucketRoot",
+    "FailureKind",
+    "KeyProblem",
+    "KeyRejection",
+    "ObjectEntry",
+    "ObjectFile",
+    "ObjectRejection",
+    "Scheme",
+    "check_key",
+    "check_root",
+    "classify_failure",
+    "describe_endpoint",
+    "display_key",
+    "entries_from_page",
+    "failure_error",
+    "hash_object",
+    "is_bucket_url",
+    "list_prefix",
+    "make_filesystem",
+    "open_object",
+    "parse_root",
+    "safe_key",
+]
+
+Scheme = Literal["s3", "gs", "az"]
+_SCHEMES: Final[dict[str, Scheme]] = {"s3": "s3", "gs": "gs", "az": "az"}
+
+# S3 caps a key at 1024 bytes of UTF-8; common filesystems cap a name at 255 bytes. A relative path
+# longer than either could never have come from a local root, so it is refused the same way.
+MAX_KEY_BYTES: Final = 1024
+MAX_SEGMENT_BYTES: Final = 255
+DEFAULT_PAGE_SIZE: Final = 1000  # the most one ListObjectsV2 call returns
+DEFAULT_CHUNK: Final = 1024 * 1024
+
+KeyProblem = Literal[
+    "outside_prefix",
+    "absolute",
+    "empty_segment",
+    "dot_segment",
+    "backslash",
+    "control_character",
+    "encoded_separator",
+    "unicode_lookalike",
+    "not_nfc",
+    "name_too_long",
+    "non_utf8_name",
+    "unaddressable",
+]
+
+# Characters that show as a slash or backslash but are none, and that NFKC leaves alone (fullwidth
+# U+FF0F and U+FF3C, small U+FE68 are caught by NFKC itself). A key holding one would be listed
+# under a name a reader takes for a different folder.
+_LOOKALIKE_SEPARATORS: Final = frozenset(
+    "\u2215\u2044\u29f8\u29f9\u2571\u2572\u2216\u29f5\u0338\u20e5\u1735\uff0f\uff3c\ufe68"
+)
+# Full stops NFKC does not map to "." (it maps U+2024, U+2025, U+FE52, U+FF0E itself).
+_LOOKALIKE_DOTS: Final = str.maketrans({"\u3002": ".", "\uff61": "."})
+# Cc: C0/C1 controls and NUL; Cf: invisible format characters (bidi overrides, zero-width); Cs: lone
+# surrogates; Zl/Zp: line and paragraph separators. All make two keys print alike or break a log line.
+_CONTROL_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# A key s3fs cannot address by path: it cuts "?versionId=" and what follows off any path.
+_S3FS_VERSION_MARKER: Final = "?versionId="
+_BUCKET_NAME: Final[dict[Scheme, re.Pattern[str]]] = {
+    # S3: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit.
+    "s3": re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"),
+    # GCS also allows "_" and, with dots, up to 222 characters.
+    "gs": re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"),
+    # An Azure container: 3-63 of a-z 0-9 -.
+    "az": re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]"),
+}
+
+
+# --- the pure core ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRoot:
+    """A dataset root in an object store. ``prefix`` is "" (the whole bucket) or ends with "/"."""
+
+    scheme: Scheme
+    bucket: str
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.prefix}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def is_bucket_url(root: str) -> bool:
+    """True when ``root`` is written as a URL (``scheme://...``) rather than a local path."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", root) is not None
+
+
+def _redact_authority(authority: str) -> str:
+    """A URL's host part with any ``user:password@`` replaced by ``***@``, for messages."""
+    return "***@" + authority.rpartition("@")[2] if "@" in authority else authority
+
+
+def _redact(root: str) -> str:
+    """``root`` with any ``user:password@`` removed, for messages."""
+    scheme, sep, rest = root.partition("://")
+    if not sep:
+        return root
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{_redact_authority(authority)}{slash}{path}"
+
+
+def parse_root(root: str) -> BucketRoot:
+    """The bucket and prefix of ``s3://bucket/prefix`` (also ``gs://`` and ``az://``).
+
+    The prefix is normalised to end with "/", so ``s3://b/data`` never matches ``data2/``. Raises
+    ``ConfigError`` naming the root and what is wrong with it.
+    """
+    shown = repr(_redact(root))
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/]*)(/.*)?", root, flags=re.DOTALL)
+    if match is None:
+        raise ConfigError(f"dataset root {shown} is not a bucket URL: write it as s3://BUCKET/PREFIX")
+    raw_scheme, bucket, rest = match.group(1), match.group(2), match.group(3) or ""
+    scheme = _SCHEMES.get(raw_scheme.lower())
+    if scheme is None:
+        raise ConfigError(
+            f"dataset root {shown}: scheme {raw_scheme!r} is not supported (allowed: s3://, gs://, az://)"
+        )
+    if not _BUCKET_NAME[scheme].fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(
+            f"dataset root {shown}: {_redact_authority(bucket)!r} is not a valid bucket name "
+            "(3-63 lowercase letters, digits, '-' and '.'; no user, port or credentials in the URL)"
+        )
+    prefix = rest[1:]
+    if prefix:
+        stripped = prefix[:-1] if prefix.endswith("/") else prefix
+        verdict = check_key(stripped, "")
+        if isinstance(verdict, KeyRejection):
+            raise ConfigError(f"dataset root {shown}: the prefix is unsafe: {verdict.detail}")
+        prefix = stripped + "/"
+    return BucketRoot(scheme, bucket, prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRejection:
+    """Why a key cannot be versioned: a problem code and a sentence for the log and the event."""
+
+    problem: KeyProblem
+    detail: str
+
+
+def _segment_problem(segment: str) -> KeyRejection | None:
+    """The problem of one path segment, checked as written, percent-decoded and NFKC-normalised."""
+    if not segment:
+        return KeyRejection("empty_segment", "empty path segment ('//' or a trailing '/'): it aliases another path")
+    if set(segment) == {"."}:
+        return KeyRejection("dot_segment", f"{segment!r} segment: it would step out of or alias a folder")
+    if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+        return KeyRejection("name_too_long", f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes")
+    if "\\" in segment:
+        return KeyRejection("backslash", "backslash in the key: a path separator on Windows")
+    for char in segment:
+        if char in _LOOKALIKE_SEPARATORS:
+            return KeyRejection(
+                "unicode_lookalike", f"U+{ord(char):04X} ({unicodedata.name(char, '?')}) looks like a path separator"
+            )
+    # Forms a later reader might turn the segment into: a URL decoder (maybe twice), a
+    # Unicode-normalising filesystem or tool. None of them may become a separator or a dot segment.
+    forms = [segment]
+    seen = {segment}
+    while forms:
+        form = forms.pop()
+        for candidate, problem in (
+            (unquote(form, errors="replace"), "encoded_separator"),
+            (unicodedata.normalize("NFKC", form).translate(_LOOKALIKE_DOTS), "unicode_lookalike"),
+        ):
+            if candidate in seen:
+                continue
+            seen.add(candidate)
+            if "/" in candidate or "\\" in candidate or set(candidate) <= {"."}:
+                how = "percent-encoded" if problem == "encoded_separator" else "Unicode look-alike"
+                return KeyRejection(
+                    cast(KeyProblem, problem), f"{how} path syntax: segment {segment!r} can be read as {candidate!r}"
+                )
+            if any(unicodedata.category(c) in _CONTROL_CATEGORIES for c in candidate):
+                return KeyRejection("control_character", f"segment {segment!r} decodes to a control character")
+            if len(seen) < 8:  # each step shrinks or settles the text; 8 forms is far past any real name
+                forms.append(candidate)
+    return None
+
+
+def check_key(key: str, prefix: str) -> str | KeyRejection:
+    """The relative POSIX path of ``key`` under ``prefix``, or why it cannot be one.
+
+    Pure. A returned path is non-empty, relative, NFC, made of non-empty segments that are neither
+    "." nor "..", and free of backslashes, control and invisible characters, look-alike separators
+    and percent escapes that decode to path syntax; joined under any folder it stays inside it.
+    Keys that are not NFC are refused rather than normalised: two keys that differ only in
+    normalisation would otherwise become one path and hide each other.
+    """
+    if not key.startswith(prefix):
+        return KeyRejection("outside_prefix", f"key is not under the prefix {prefix!r}")
+    rel = key[len(prefix) :]
+    try:
+        size = len(rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        return KeyRejection("non_utf8_name", "key is not valid UTF-8; rename the object to version it")
+    if size > MAX_KEY_BYTES:
+        return KeyRejection("name_too_long", f"key longer than {MAX_KEY_BYTES} bytes")
+    if rel.startswith("/"):
+        return KeyRejection("absolute", "key starts with '/' below the prefix: it would be an absolute path")
+    for char in rel:
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            return KeyRejection(
+                "control_character",
+                f"control or invisible character U+{ord(char):04X} in the key; rename the object to version it",
+            )
+    if unicodedata.normalize("NFC", rel) != rel:
+        return KeyRejection(
+            "not_nfc", "key is not in Unicode NFC form: it may alias another key that looks the same; rename it in NFC"
+        )
+    for segment in rel.split("/"):
+        problem = _segment_problem(segment)
+        if problem is not None:
+            return problem
+    return rel
+
+
+def safe_key(key: str, prefix: str) -> str:
+    """``check_key``, raising ``UnreadableDataError`` (with the reason) for a hostile key."""
+    verdict = check_key(key, prefix)
+    if isinstance(verdict, KeyRejection):
+        raise UnreadableDataError(f"object key {display_key(key)} refused ({verdict.problem}): {verdict.detail}")
+    return verdict
+
+
+def display_key(key: str) -> str:
+    """A printable, quoted form of a key: control and invisible characters shown as escapes."""
+    out = []
+    for char in key:
+        out.append(char.encode("unicode_escape").decode("ascii") if unicodedata.category(char)[0] in "CZ" else char)
+    return "'" + "".join(out).replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEntry:
+    """One object of a listing: its path relative to the root and the state that vouches for it.
+
+    ``(size, etag, last_modified)`` is the object's stat: when all three are unchanged since the
+    catalog last saw the key, its bytes are unchanged and need not be read again.
+    """
+
+    rel_path: str
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+    @property
+    def mtime_ns(self) -> int:
+        """``last_modified`` as integer nanoseconds since the epoch, like ``st_mtime_ns``."""
+        return (self.last_modified - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRejection:
+    """A listed key that is not versioned: the key (use ``display_key`` to print it) and why."""
+
+    key: str
+    problem: KeyProblem
+    detail: str
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        return _EPOCH
+    # botocore gives aware datetimes in the local zone; a naive one is taken as UTC.
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def entries_from_page(
+    contents: Iterable[Mapping[str, Any]], root: BucketRoot
+) -> Iterator[ObjectEntry | ObjectRejection]:
+    """Entries and rejections of one listing page (``ListObjectsV2``'s ``Contents``), in its order.
+
+    Empty keys ending in "/" are folder placeholders (made by consoles and Hadoop) and are skipped.
+    """
+    for obj in contents:
+        key = str(obj["Key"])
+        size = int(obj.get("Size", 0))
+        if key.endswith("/") and size == 0:
+            continue
+        verdict = check_key(key, root.prefix)
+        if isinstance(verdict, str) and root.scheme == "s3" and _S3FS_VERSION_MARKER in key:
+            verdict = KeyRejection("unaddressable", f"key holds {_S3FS_VERSION_MARKER!r}, which s3fs cannot address")
+        if isinstance(verdict, KeyRejection):
+            yield ObjectRejection(key, verdict.problem, verdict.detail)
+            continue
+        yield ObjectEntry(
+            rel_path=verdict,
+            key=key,
+            size=size,
+            etag=str(obj.get("ETag", "")),
+            last_modified=_utc(obj.get("LastModified")),
+        )
+
+
+FailureKind = Literal[
+    "bucket_missing", "access_denied", "no_credentials", "unreachable", "throttled", "vanished", "changed", "other"
+]
+
+_CODES: Final[dict[str, FailureKind]] = {
+    "NoSuchBucket": "bucket_missing",
+    "AccessDenied": "access_denied",
+    "AllAccessDisabled": "access_denied",
+    "AccountProblem": "access_denied",
+    "InvalidAccessKeyId": "access_denied",
+    "SignatureDoesNotMatch": "access_denied",
+    "ExpiredToken": "access_denied",
+    "InvalidToken": "access_denied",
+    "TokenRefreshRequired": "access_denied",
+    "RequestTimeTooSkewed": "access_denied",
+    "403": "access_denied",
+    "SlowDown": "throttled",
+    "Throttling": "throttled",
+    "ThrottlingException": "throttled",
+    "RequestLimitExceeded": "throttled",
+    "TooManyRequests": "throttled",
+    "TooManyRequestsException": "throttled",
+    "ServiceUnavailable": "throttled",
+    "503": "throttled",
+    "429": "throttled",
+    "NoSuchKey": "vanished",
+    "404": "vanished",
+    "PreconditionFailed": "changed",
+    "412": "changed",
+}
+_UNREACHABLE_TYPES: Final = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "AioReadTimeoutError",
+        "ResponseStreamingError",
+        "ProxyConnectionError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "ClientOSError",
+        "ConnectionRefusedError",
+        "TimeoutError",
+        "FSTimeoutError",
+    }
+)
+_NO_CREDENTIAL_TYPES: Final = frozenset(
+    {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "CredentialRetrievalError"}
+)
+
+
+def classify_failure(exc: BaseException) -> tuple[FailureKind, str]:
+    """What went wrong, from an exception raised by s3fs or botocore, and the S3 error code if any.
+
+    Pure: it follows ``__cause__``/``__context__`` (s3fs wraps botocore's ``ClientError`` in an
+    ``OSError``) and reads the error code of the first ``ClientError`` found.
+    """
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for err in chain:
+        response = getattr(err, "response", None)
+        if isinstance(response, Mapping):
+            error = response.get("Error") or {}
+            code = str(error.get("Code", "")) if isinstance(error, Mapping) else ""
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            kind = _CODES.get(code) or _CODES.get(str(status))
+            return kind or "other", code
+    for err in chain:
+        name = type(err).__name__
+        if name in _NO_CREDENTIAL_TYPES:
+            return "no_credentials", name
+        if name in _UNREACHABLE_TYPES or isinstance(err, ConnectionError | TimeoutError):
+            return "unreachable", name
+        if name == "FileExpired":  # s3fs: the ETag moved while a file was open
+            return "changed", name
+        # s3fs's own answers with no S3 response behind them (a HEAD has no error body).
+        if isinstance(err, FileNotFoundError):
+            return "vanished", ""
+        if isinstance(err, PermissionError):
+            return "access_denied", ""
+    return "other", type(exc).__name__
+
+
+def describe_endpoint(endpoint_url: str | None, region: str | None = None) -> str:
+    """The endpoint for a message: user, password and query removed, so no secret is ever printed."""
+    if not endpoint_url:
+        return f"the AWS S3 endpoint{f' of {region}' if region else ''}"
+    parts = urlsplit(endpoint_url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def failure_error(
+    exc: BaseException, root: BucketRoot, endpoint: str, action: str, key: str | None = None
+) -> StrandlineError:
+    """Our error for a failed call: ``SourceError`` for the root, ``UnreadableDataError`` for one object."""
+    kind, code = classify_failure(exc)
+    at = f"{root.url} at {endpoint}"
+    suffix = f" ({code})" if code else ""
+    if kind == "bucket_missing":
+        return SourceError(
+            f"bucket {root.bucket!r} does not exist at {endpoint}: create it or fix the root in the config"
+        )
+    if kind == "no_credentials":
+        return SourceError(
+            f"no credentials to {action} {at}{suffix}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE with a shared credentials file, or run with an instance or container role"
+        )
+    if kind == "unreachable":
+        return SourceError(
+            f"cannot reach {endpoint} to {action} {root.url}{suffix}: check the endpoint URL, the network "
+            "and that the server runs; the next poll retries"
+        )
+    if kind == "throttled":
+        return SourceError(
+            f"{endpoint} is throttling requests to {action} {root.url}{suffix}: the next poll retries; "
+            "raise the poll interval if this persists"
+        )
+    if key is not None:
+        shown = display_key(key)
+        if kind == "vanished":
+            return UnreadableDataError(f"object {shown} in {at} disappeared before it could be read")
+        if kind == "changed":
+            return UnreadableDataError(
+                f"object {shown} in {at} changed since it was listed; the next poll reads the new version"
+            )
+        if kind == "access_denied":
+            return UnreadableDataError(
+                f"access denied to object {shown} in {at}{suffix}: grant s3:GetObject (and kms:Decrypt for "
+                "encrypted objects) to the daemon's credentials"
+            )
+        return UnreadableDataError(f"cannot {action} object {shown} in {at}{suffix}: {_first_line(exc)}")
+    if kind == "access_denied":
+        return SourceError(
+            f"access denied to {action} {at}{suffix}: grant s3:ListBucket and s3:GetObject on the bucket "
+            "to the daemon's credentials, or fix the key"
+        )
+    return SourceError(f"cannot {action} {at}{suffix}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- the adapter: s3fs ------------------------------------------------------------------------
+
+
+def make_filesystem(
+    root: BucketRoot,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: SecretStr | None = None,
+    session_token: SecretStr | None = None,
+    anonymous: bool = False,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 30.0,
+    max_attempts: int = 3,
+) -> Any:
+    """An fsspec filesystem (``s3fs.S3FileSystem``) for ``root``; it connects on first use.
+
+    With no key given, botocore's chain finds the credentials: the environment, the shared
+    credentials and config files (``profile`` or ``AWS_PROFILE``), then a container or instance
+    role. ``endpoint_url`` points at an S3-compatible store. Retries (throttling, 5xx, dropped
+    connections) are botocore's "standard" mode, up to ``max_attempts`` tries a call, with jittered
+    backoff; s3fs's own retry loop is switched off so the two do not multiply.
+    """
+    if root.scheme != "s3":
+        raise ConfigError(
+            f"dataset root {root.url}: {root.scheme}:// roots are not supported yet; only s3:// and "
+            "S3-compatible stores (with endpoint_url) are"
+        )
+    if (access_key_id is None) != (secret_access_key is None):
+        raise ConfigError("give both the access key id and the secret access key, or neither")
+    if endpoint_url is not None:
+        parts = urlsplit(endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"endpoint URL {describe_endpoint(endpoint_url)!r} must be http(s)://HOST[:PORT]")
+        if parts.username is not None or parts.password is not None:
+            # botocore would log the URL, user and password included, with every request at DEBUG.
+            raise ConfigError(
+                f"endpoint URL {describe_endpoint(endpoint_url)!r} holds a user or password: give credentials "
+                "through the environment, a shared credentials file or the access key settings instead"
+            )
+    _quiet_sdk_debug_logs()
+    import s3fs  # type: ignore[import-untyped]  # imported late: aiobotocore costs ~0.3 s to import
+
+    options: dict[str, Any] = {
+        "anon": anonymous,
+        "endpoint_url": endpoint_url,
+        "client_kwargs": {"region_name": region} if region else {},
+        "config_kwargs": {
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "retries": {"mode": "standard", "max_attempts": max_attempts},
+        },
+        # One filesystem per call and no listing cache: a poll must see the store as it is now.
+        "skip_instance_cache": True,
+        "use_listings_cache": False,
+    }
+    if profile:
+        options["profile"] = profile
+    if access_key_id is not None and secret_access_key is not None:
+        options["key"] = access_key_id
+        options["secret"] = secret_access_key.get_secret_value()
+        if session_token is not None:
+            options["token"] = session_token.get_secret_value()
+    try:
+        fs = s3fs.S3FileSystem(**options)
+    except Exception as exc:
+        raise ConfigError(f"cannot set up the S3 client for {root.url}: {_first_line(exc)}") from exc
+    fs.retries = 1  # one try per s3fs call: botocore retries underneath
+    return fs
+
+
+def _quiet_sdk_debug_logs() -> None:
+    """Keep botocore's DEBUG lines (request headers with the access key id, signatures) out of our logs.
+
+    Only loggers nobody configured are raised to INFO, so an operator can still ask for them.
+    """
+    for name in ("botocore", "aiobotocore"):
+        sdk_logger = logging.getLogger(name)
+        if sdk_logger.level == logging.NOTSET:
+            sdk_logger.setLevel(logging.INFO)
+
+
+def _endpoint_of(fs: Any) -> str:
+    region = (getattr(fs, "client_kwargs", None) or {}).get("region_name")
+    return describe_endpoint(getattr(fs, "endpoint_url", None), region)
+
+
+def check_root(fs: Any, root: BucketRoot) -> None:
+    """Ask the store for one key under ``root``; ``SourceError`` saying what to fix if that fails."""
+    try:
+        fs.call_s3("list_objects_v2", Bucket=root.bucket, Prefix=root.prefix, MaxKeys=1)
+    except Exception as exc:
+        raise failure_error(exc, root, _endpoint_of(fs), "list") from exc
+
+
+def list_prefix(
+    fs: Any, root: BucketRoot, *, page_size: int = DEFAULT_PAGE_SIZE, start_after: str | None = None
+) -> Iterator[ObjectEntry | ObjectRejection]:
+    """Every object below ``root``, in the store's key order (UTF-8 bytes for S3), lazily.
+
+    One ``ListObjectsV2`` page of at most ``page_size`` keys is fetched when the previous one is
+    consumed, so memory does not grow with the bucket. Folder placeholders are skipped; hostile
+    keys come out as ``ObjectRejection`` values in their place, never as entries. ``start_after``
+    resumes a listing after a key. Objects of multipart uploads still in progress are not objects
+    yet and are not listed. Raises ``SourceError`` when a page cannot be fetched.
+    """
+    if not 1 <= page_size <= DEFAULT_PAGE_SIZE:
+        raise ValueError(f"page_size must be 1..{DEFAULT_PAGE_SIZE}, not {page_size}")
+    request: dict[str, Any] = {"Bucket": root.bucket, "Prefix": root.prefix, "MaxKeys": page_size}
+    if start_after:
+        request["StartAfter"] = start_after
+    endpoint = _endpoint_of(fs)
+    while True:
+        try:
+            page = fs.call_s3("list_objects_v2", **request)
+        except Exception as exc:
+            raise failure_error(exc, root, endpoint, "list") from exc
+        yield from entries_from_page(page.get("Contents", []), root)
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+        request["ContinuationToken"] = token
+        request.pop("StartAfter", None)
+
+
+def hash_object(fs: Any, root: BucketRoot, key: str, *, etag: str | None = None, chunk: int = DEFAULT_CHUNK) -> str:
+    """XXH3-128 of an object's bytes as 32 lowercase hex digits, streamed from one GET.
+
+    The digest equals ``daemon.fingerprint.hash_file`` of the same bytes in a local file. At most
+    ``chunk`` bytes are held at a time. With ``etag`` (the listed one) the GET is conditional: an
+    object overwritten since it was listed raises ``UnreadableDataError`` instead of hashing bytes
+    the listing never saw.
+    """
+    from fsspec.asyn import sync  # type: ignore[import-untyped]
+
+    request: dict[str, Any] = {"Bucket": root.bucket, "Key": key}
+    if etag:
+        request["IfMatch"] = etag
+
+    async def stream() -> str:
+        response = await fs._call_s3("get_object", **request)
+        body = response["Body"]
+        hasher = xxhash.xxh3_128()
+        try:
+            while data := await body.read(chunk):
+                hasher.update(data)
+        finally:
+            body.close()
+        return str(hasher.hexdigest())
+
+    try:
+        return cast(str, sync(fs.loop, stream))
+    except Exception as exc:
+        raise failure_error(exc, root, _endpoint_of(fs), "read", key) from exc
+
+
+class ObjectFile(io.RawIOBase):
+    """A seekable, read-only binary file of one object version, as ``open_object`` returns it.
+
+    pyarrow reads it like a local file. Every failure while reading comes out as our error: an
+    object overwritten since it was opened raises ``UnreadableDataError`` (reads are ranged GETs
+    conditional on the ETag seen at open, so two versions are never mixed), a lost endpoint
+    ``SourceError``.
+    """
+
+    def __init__(self, handle: Any, fail: Callable[[BaseException], StrandlineError]) -> None:
+        super().__init__()
+        self._handle = handle
+        self._fail = fail
+
+    @property
+    def size(self) -> int:
+        return int(self._handle.size)
+
+    @property
+    def etag(self) -> str:
+        return str(self._handle.details.get("ETag", ""))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        try:
+            return bytes(self._handle.read(-1 if size is None else size))
+        except Exception as exc:
+            raise self._fail(exc) from exc
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        try:
+            return int(self._handle.seek(offset, whence))
+        except Exception as exc:
+            raise self._fail(exc) from exc
+
+    def tell(self) -> int:
+        return int(self._handle.tell())
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+        super().close()
+
+
+def _same_etag(a: str, b: str) -> bool:
+    """ETags compared as S3-compatible stores write them: some quote them in one API and not another."""
+    return a.removeprefix("W/").strip('"') == b.removeprefix("W/").strip('"')
+
+
+def open_object(
+    fs: Any, root: BucketRoot, key: str, *, etag: str | None = None, block_size: int = 8 * DEFAULT_CHUNK
+) -> ObjectFile:
+    """A seekable binary file of one object, for pyarrow (``pq.ParquetFile``, ``pa.csv.open_csv``).
+
+    Reads are ranged GETs of ``block_size`` bytes (read ahead), each conditional on the ETag seen
+    at open. With ``etag`` (the listed one), an object already changed since it was listed raises
+    ``UnreadableDataError`` at once. Close it (it is a context manager).
+    """
+    endpoint = _endpoint_of(fs)
+    path = f"{root.bucket}/{key}"
+    try:
+        handle = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+    except Exception as exc:
+        raise failure_error(exc, root, endpoint, "open", key) from exc
+    if etag is not None and not _same_etag(str(handle.details.get("ETag", "")), etag):
+        handle.close()
+        raise UnreadableDataError(
+            f"object {display_key(key)} in {root.url} changed since it was listed; the next poll reads the new version"
+        )
+    return ObjectFile(handle, lambda exc: failure_error(exc, root, endpoint, "read", key))

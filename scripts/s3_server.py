@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""A real S3-compatible server for development and tests, without Docker or a cloud account.
+
+The server is moto's standalone server (``moto[server]`` from PyPI, a Flask app that speaks the
+S3 REST API) in its own process on 127.0.0.1. Its state lives in memory: a restart empties it.
+
+    python scripts/s3_server.py ensure [--endpoint URL]     start one unless an S3 server answers
+    python scripts/s3_server.py start [--port P] --dir D     start one whose pid and log live in D
+    python scripts/s3_server.py stop --dir D                 stop it
+
+``start`` prints the endpoint URL (``http://127.0.0.1:PORT``) to pass as ``endpoint_url``.
+Any access key and secret are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_DIR = REPO / ".cache" / "s3" / "dev"
+DEFAULT_ENDPOINT = "http://127.0.0.1:5000"
+
+# Servers started by this process, reaped by stop() (a dropped Popen would warn).
+_PROCS: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def answers(endpoint: str, timeout: float = 0.5) -> bool:
+    """True when an HTTP server answers at ``endpoint`` (any status: S3 answers 403 to strangers)."""
+    try:
+        with urllib.request.urlopen(endpoint.rstrip("/") + "/", timeout=timeout):  # noqa: S310 - our own loopback URL
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(
+    directory: Path, port: int | None = None, *, env: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> str:
+    """Start a server whose pid, port and log live in ``directory``; return its endpoint URL.
+
+    Without ``port``, a restart in the same directory reuses the previous port (so clients keep
+    their endpoint), else a free port is picked. ``env`` adds variables for moto, e.g.
+    ``INITIAL_NO_AUTH_ACTION_COUNT=N``: after N requests moto checks IAM credentials and policies.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port_file = directory / "server.port"
+    if port is None:
+        port = int(port_file.read_text()) if port_file.exists() else _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = directory / "server.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    _PROCS[proc.pid] = proc
+    (directory / "server.pid").write_text(str(proc.pid))
+    port_file.write_text(str(port))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _PROCS.pop(proc.pid, None)
+            (directory / "server.pid").unlink(missing_ok=True)
+            raise RuntimeError(
+                f"the S3 server exited with code {proc.returncode} (port {port} taken? moto[server] missing?); "
+                f"see {log_path}"
+            )
+        if answers(endpoint):
+            return endpoint
+        time.sleep(0.05)
+    stop(directory)
+    raise RuntimeError(f"the S3 server did not answer at {endpoint} within {timeout} s; see {log_path}")
+
+
+def stop(directory: Path, *, hard: bool = False) -> None:
+    """Stop the server started in ``directory`` (SIGTERM, SIGKILL after 10 s); no-op if none runs."""
+    pid_file = directory / "server.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        _PROCS.pop(pid, None)
+        return
+    proc = _PROCS.pop(pid, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    else:
+        # Started by another process (the CLI): we cannot wait() on it, so poll until it is gone.
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_ensure = sub.add_parser("ensure")
+    p_ensure.add_argument("--endpoint", default=os.environ.get("STRANDLINE_S3_ENDPOINT", DEFAULT_ENDPOINT))
+    p_ensure.add_argument("--dir", type=Path, default=DEV_DIR)
+    p_start = sub.add_parser("start")
+    p_start.add_argument("--port", type=int)
+    p_start.add_argument("--dir", type=Path, default=DEV_DIR)
+    p_stop = sub.add_parser("stop")
+    p_stop.add_argument("--dir", type=Path, default=DEV_DIR)
+    args = parser.parse_args()
+    if args.cmd == "ensure":
+        if answers(args.endpoint):
+            print(f"an S3 server answers at {args.endpoint}", file=sys.stderr)
+            return
+        url = urlsplit(args.endpoint)
+        if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
+            sys.exit(f"nothing answers at {args.endpoint}, and a local server can only be started on 127.0.0.1:PORT")
+        print(f"starting a local S3 server at {args.endpoint} (pid and log in {args.dir}) …", file=sys.stderr)
+        print(start(args.dir, url.port), file=sys.stderr)
+    elif args.cmd == "start":
+        print(start(args.dir, args.port))
+    elif args.cmd == "stop":
+        stop(args.dir)
+
+
+if __name__ == "__main__":
+    main()
