@@ -7,13 +7,13 @@ label (drift, retrain, alerts).
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from daemon.http_endpoint import serve
 
 # A loop that has not come round for this long is reported unhealthy.
 _STALE_SECONDS = 60.0
@@ -79,25 +79,12 @@ class ConsumerMetrics:
 def serve_metrics(metrics: ConsumerMetrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
     """Serve /metrics and /healthz in a daemon thread; ``server.shutdown()`` stops it."""
 
-    class _Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, status, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
-            elif self.path == "/healthz":
-                ok = metrics.healthy
-                body = b"ok\n" if ok else b"poll loop stalled\n"
-                status, ctype = (200 if ok else 503), "text/plain; charset=utf-8"
-            else:
-                body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain; charset=utf-8"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def metrics_route() -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
 
-        def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not worth a log line
-            pass
+    def health_route() -> tuple[int, str, bytes]:
+        ok = metrics.healthy
+        return (200 if ok else 503), "text/plain; charset=utf-8", b"ok\n" if ok else b"poll loop stalled\n"
 
-    server = ThreadingHTTPServer((host, port), _Handler)
-    threading.Thread(target=server.serve_forever, name=f"metrics-{metrics.consumer}", daemon=True).start()
-    return server
+    routes = {"/metrics": metrics_route, "/healthz": health_route}
+    return serve(host, port, routes, name=f"metrics-{metrics.consumer}")

@@ -88,6 +88,7 @@ class Daemon:
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.watcher: Watcher | None = None
+        self.http_address: tuple[str, int] | None = None
         self._stop = threading.Event()
 
     def request_stop(self) -> None:
@@ -130,6 +131,16 @@ class Daemon:
         with contextlib.ExitStack() as stack:
             stack.enter_context(state_lock(state_dir(self.config)))
             catalog = stack.enter_context(Catalog(path))
+            if self.config.http is not None:
+                from daemon.health import routes
+                from daemon.http_endpoint import parse_address, serve
+
+                server = serve(*parse_address(self.config.http), routes(self), name="http")
+                stack.callback(server.server_close)
+                stack.callback(server.shutdown)
+                host, port = str(server.server_address[0]), int(server.server_address[1])
+                self.http_address = (host, port)
+                log.info("serving /healthz, /readyz and /metrics on http://%s:%d", host, port)
             publisher = self.publisher = stack.enter_context(
                 Publisher(
                     path,

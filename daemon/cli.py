@@ -119,8 +119,9 @@ def _log_options(f: Any) -> Any:
 @click.argument("folder", required=False, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print each new version as a JSON line instead of text.")
+@click.option("--http", "http", metavar="HOST:PORT", help="Serve /healthz, /readyz and /metrics (e.g. 127.0.0.1:9464).")
 @_log_options
-def watch(folder: Path | None, config: Path | None, as_json: bool, log_format: str) -> None:
+def watch(folder: Path | None, config: Path | None, as_json: bool, http: str | None, log_format: str) -> None:
     """Watch datasets and version every quiet change-set, until SIGTERM or Ctrl-C.
 
     With FOLDER and no [[datasets]] in the config, each immediate subfolder of FOLDER is a
@@ -143,6 +144,8 @@ def watch(folder: Path | None, config: Path | None, as_json: bool, log_format: s
 
     try:
         cfg = _load(config)
+        if http is not None:
+            cfg = cfg.model_copy(update={"http": http})
         setup_logging(cfg.log_level, log_format)  # type: ignore[arg-type]
         target = Target.resolve(cfg, folder)
 

@@ -47,6 +47,7 @@ class Publisher:
         self._catalog: Catalog | None = None
         self.degraded_since: float | None = None
         self.last_error: str | None = None
+        self.published = 0  # events acknowledged since start (the /metrics counter)
         self._backoff = 0.5
         self._topics_checked = False
         self._stop = threading.Event()
@@ -175,6 +176,7 @@ class Publisher:
         if not batch:
             return 0
         sent = self._send_batch(batch)
+        self.published += sent
         self._recovered()
         return sent
 

@@ -389,6 +389,11 @@ class StrandlineConfig(BaseSettings):
     degraded_event_seconds: Seconds = Field(
         60.0, description="Publish daemon.degraded once Kafka has been unreachable this long (daemon.recovered after)."
     )
+    http: str | None = Field(
+        None,
+        pattern=r"^[^\s]*:[0-9]{1,5}$",
+        description="Serve /healthz, /readyz and /metrics on HOST:PORT (e.g. 127.0.0.1:9464); off when unset.",
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     datasets: tuple[DatasetConfig, ...] = Field((), description="Watched datasets ([[datasets]] tables).")

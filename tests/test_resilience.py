@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -40,11 +41,19 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
         [DatasetConfig(name="outage", root=data_dir, settle_seconds=0.2)],
         kafka={"bootstrap": bootstrap, "topic_prefix": "outage", "partitions": 1, "delivery_timeout_seconds": 15},
         degraded_event_seconds=1.0,
+        http="127.0.0.1:0",
     )
     running = start_daemon(config)
     try:
         (data_dir / "before.csv").write_text("x\n")
         wait_for(lambda: running.versions("outage") and running.backlog() == 0, 30, what="first delivery")
+        assert running.daemon.http_address is not None
+        host, port = running.daemon.http_address
+        base = f"http://{host}:{port}"
+        wait_for(lambda: _get(base + "/readyz")[0] == 200, 30, what="ready")
+        metrics = _metrics(base)
+        assert metrics["strandline_versions_created_total"] >= 1 and metrics["strandline_events_published_total"] >= 1
+        assert metrics["strandline_outbox_backlog"] == 0 and metrics["strandline_kafka_degraded"] == 0
         kafka_broker.stop(broker_dir)
         for burst in range(20):
             for i in range(50):
@@ -53,8 +62,14 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
         wait_for(lambda: (v := running.versions("outage")) and v[-1].files == 1001, 60, what="all versioned")
         assert running.backlog() > 0
         wait_for(lambda: any("degraded" in r.getMessage() for r in caplog.records), 60, what="degraded log")
+        _, body = wait_for(lambda: (r := _get(base + "/readyz"))[0] == 503 and r, 30, what="not ready")
+        assert [d["part"] for d in json.loads(body)["degraded"]] == ["kafka"]
+        during = _metrics(base)
+        assert during["strandline_kafka_degraded"] == 1 and during["strandline_outbox_backlog"] > 0
+        assert during["strandline_versions_created_total"] > metrics["strandline_versions_created_total"]
         kafka_broker.start(broker_dir)
         wait_for(lambda: running.backlog() == 0, 90, what="backlog delivered")
+        wait_for(lambda: _get(base + "/readyz")[0] == 200, 30, what="ready again")
         versions = running.versions("outage")
         everything = read_events(bootstrap, config.kafka.versions_topic, min_count=len(versions) + 2, settle=1.0)
         events = version_events(everything)
@@ -83,6 +98,25 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
     degraded_event, recovered_event = health.values()
     assert degraded_event.data["component"] == "kafka" and degraded_event.data["backlog"] > 0
     assert degraded_event.key == "test-host" and recovered_event.data["since"] == degraded_event.data["since"]
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (a loopback URL of the test)
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _metrics(base: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = _get(base + "/metrics")
+    assert status == 200
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def _write_config(path: Path, state: Path, root: Path, bootstrap: str, prefix: str) -> None:
