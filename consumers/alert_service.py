@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from consumers.alert_rules import ALERT_EVENT_TYPES, alert_for
 from consumers.channels import Channel, make_channel
-from consumers.runner import ConsumedEvent
+from consumers.runner import ConsumedEvent, dead_letter
 from consumers.state import ConsumerState
 from daemon.errors import DeliveryError
 from daemon.outbox import OutboxMessage
@@ -180,7 +180,7 @@ class AlertHandler:
                         attempts,
                         exc,
                     )
-                    dead.append(self._dead_letter(alert, channel_name, str(exc)))
+                    dead.append(self._dead_letter(alert, channel_name, str(exc), attempts))
                     self.state.execute("DELETE FROM alert_deliveries WHERE id = ?", (delivery_id,))
                 else:
                     delay = min(_MAX_BACKOFF_SECONDS, self.config.consumers.retry_backoff_seconds * 2 ** (attempts - 1))
@@ -203,14 +203,19 @@ class AlertHandler:
             self.state.execute("DELETE FROM alert_deliveries WHERE id = ?", (delivery_id,))
         return dead
 
-    def _dead_letter(self, alert: Alert, channel: str, reason: str) -> OutboxMessage:
+    def _dead_letter(self, alert: Alert, channel: str, reason: str, attempts: int) -> OutboxMessage:
+        """The alert itself, as the record that could not be delivered to ``channel``."""
         headers = (
             ("ce_type", b"strandline.alert"),
             ("ce_id", alert.event_id.encode()),
             ("content-type", b"application/json"),
-            ("dlq_reason", f"channel {channel}: {reason}"[:4000].encode("utf-8", "replace")),
-            ("dlq_consumer", self.name.encode()),
         )
-        return OutboxMessage(
-            self.config.kafka.dead_letter_topic, alert.key.encode(), alert.model_dump_json().encode(), headers
+        return dead_letter(
+            self.config.kafka,
+            self.name,
+            f"channel {channel}: {reason}",
+            key=alert.key.encode(),
+            value=alert.model_dump_json().encode(),
+            headers=headers,
+            attempts=attempts,
         )

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 from typing import Literal
 
 from consumers.metrics import ConsumerMetrics, serve_metrics
 from consumers.runner import ConsumerRunner, Handler
 from consumers.state import ConsumerState
 from daemon.config import state_dir
+from daemon.signals import install_stop_handlers
 from schemas.config import StrandlineConfig
 
 log = logging.getLogger(__name__)
@@ -50,17 +48,8 @@ def make_handler(config: StrandlineConfig, kind: ConsumerKind, state: ConsumerSt
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGTERM/SIGINT asks for a clean stop; a second one exits at once."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(128 + signum)
-        log.info("%s received: finishing the event in hand", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    """First SIGTERM/SIGINT finishes the event in hand and stops; a second one exits at once."""
+    install_stop_handlers(stop.set, stop.is_set)
 
 
 def run_consumer(

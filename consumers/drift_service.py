@@ -65,15 +65,16 @@ class DriftHandler:
         head, schema, profile = found
         return VersionSide(version=head.version, version_id=version_id, schema=schema, profile=profile)
 
-    def verdict(self, dataset: str, current: VersionSide) -> DriftReport | None:
-        """``current`` against the previous usable version of ``dataset``; None for the first one."""
+    def verdict(self, dataset: str, current: VersionSide) -> tuple[DriftReport, VersionSide] | None:
+        """``current`` against the previous usable version of ``dataset``, and that reference;
+        None for the first one."""
         previous_id = self.index.previous_usable(dataset, current.version)
         if previous_id is None:
             return None
         reference = self._side(previous_id, 0.0)
         if reference is None:
             return None
-        return compare(reference, current, self.config.for_dataset(dataset), dataset=dataset)
+        return compare(reference, current, self.config.for_dataset(dataset), dataset=dataset), reference
 
     def handle(self, event: ConsumedEvent) -> Sequence[OutboxMessage]:
         created = event.parse(VersionCreated)
@@ -86,12 +87,13 @@ class DriftHandler:
                 f"the profile of {created.dataset}@{created.version} ({created.version_id}) is not on"
                 f" {self.kafka.profiles_topic} yet"
             )
-        report = self.verdict(created.dataset, current)
-        if report is None:
+        found = self.verdict(created.dataset, current)
+        if found is None:
             log.info(
                 "%s@%d is the first valid version: it is the reference for the next", created.dataset, created.version
             )
             return ()
+        report, reference = found
         if report.drifted:
             log.warning(
                 "%s@%d drifted from @%d: %s",
@@ -101,12 +103,9 @@ class DriftHandler:
                 "; ".join(report.reasons),
             )
             return [self._message("dataset.drift.detected", DriftDetected, created, report)]
-        previous = self._side(report.reference_version_id, 0.0)
-        was_drifted = (
-            previous is not None
-            and (earlier := self.verdict(created.dataset, previous)) is not None
-            and earlier.drifted
-        )
+        # Cleared means: the reference itself had drifted from its own reference.
+        earlier = self.verdict(created.dataset, reference)
+        was_drifted = earlier is not None and earlier[0].drifted
         log.info(
             "%s@%d within bounds of @%d (%d of %d columns drifted)%s",
             created.dataset,

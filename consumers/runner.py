@@ -93,6 +93,36 @@ class Handler(Protocol):
         ...
 
 
+def dead_letter(
+    kafka: KafkaConfig,
+    consumer: str,
+    reason: str,
+    *,
+    key: bytes,
+    value: bytes,
+    headers: Sequence[tuple[str, bytes]],
+    attempts: int,
+    origin: tuple[str, int, int] | None = None,
+) -> OutboxMessage:
+    """A record for the dead-letter topic: the original key, value and headers, plus ``dlq_*`` headers
+    saying which consumer gave up, why, after how many attempts, and (``origin``) where it was read."""
+    out = [(k, v) for k, v in headers if not k.startswith("dlq_")]
+    out += [
+        ("dlq_reason", reason[:4000].encode("utf-8", "replace")),
+        ("dlq_consumer", consumer.encode()),
+        ("dlq_attempts", str(attempts).encode()),
+        ("dlq_failed_at", str(time.time()).encode()),
+    ]
+    if origin is not None:
+        topic, partition, offset = origin
+        out += [
+            ("dlq_topic", topic.encode()),
+            ("dlq_partition", str(partition).encode()),
+            ("dlq_offset", str(offset).encode()),
+        ]
+    return OutboxMessage(kafka.dead_letter_topic, key, value, tuple(out))
+
+
 def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
     for key, value in headers or ():
         if key == name:
@@ -304,17 +334,16 @@ class ConsumerRunner:
             attempts,
             reason,
         )
-        headers = [(k, v) for k, v in (record.headers or []) if not k.startswith("dlq_")]
-        headers += [
-            ("dlq_reason", reason[:4000].encode("utf-8", "replace")),
-            ("dlq_consumer", self.handler.name.encode()),
-            ("dlq_topic", record.topic.encode()),
-            ("dlq_partition", str(record.partition).encode()),
-            ("dlq_offset", str(record.offset).encode()),
-            ("dlq_attempts", str(attempts).encode()),
-            ("dlq_failed_at", str(time.time()).encode()),
-        ]
-        message = OutboxMessage(self.kafka.dead_letter_topic, record.key or b"", record.value or b"", tuple(headers))
+        message = dead_letter(
+            self.kafka,
+            self.handler.name,
+            reason,
+            key=record.key or b"",
+            value=record.value or b"",
+            headers=record.headers or (),
+            attempts=attempts,
+            origin=(record.topic, record.partition, record.offset),
+        )
         with self.state.transaction():
             self._enqueue([message])
         self._flush_outbox()
@@ -345,7 +374,10 @@ class ConsumerRunner:
                 if (deadline is not None and time.monotonic() > deadline) or (deadline is None and self._stop.is_set()):
                     raise
                 log.warning("cannot publish %d events yet: %s; retrying in %.1f s", len(rows), exc, backoff)
-                self._stop.wait(backoff) if deadline is None else time.sleep(backoff)
+                if deadline is None:
+                    self._stop.wait(backoff)
+                else:
+                    time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
     def _send(self, rows: list[tuple[Any, ...]]) -> None:

@@ -9,18 +9,17 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from daemon.catalog import Catalog, VersionRow
 from daemon.config import catalog_path, discover_datasets, state_dir
 from daemon.engine import Engine
 from daemon.errors import CatalogError, ConfigError
 from daemon.publisher import Publisher
+from daemon.signals import install_stop_handlers
 from daemon.watcher import Watcher
 from schemas.config import DatasetConfig, StrandlineConfig
 from schemas.events import FileChange
@@ -100,16 +99,7 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT asks for a clean stop; a second one exits at once."""
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if self._stop.is_set():
-                log.warning("second %s: exiting now", signal.Signals(signum).name)
-                os._exit(128 + signum)
-            log.info("%s received: finishing in-flight work", signal.Signals(signum).name)
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        install_stop_handlers(self.request_stop, self._stop.is_set)
 
     def _engine(self, catalog: Catalog, on_commit: Callable[[], None]) -> Engine:
         auto = self.target.auto_root

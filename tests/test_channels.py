@@ -34,22 +34,13 @@ from consumers.channels import (
 from daemon.errors import ConfigError, DeliveryError
 from schemas.alerts import Alert
 from schemas.config import PagerDutyChannel, SlackChannel, WebhookChannel
+from tests.helpers import Received
 
 # Fake credentials, distinctive so that a leak into a message or log is found by substring.
 SLACK_TOKEN = "T0SECRET/B0SECRET/XXslacktokenXX"  # noqa: S105
 ROUTING_KEY = "R0UTINGKEY0123456789abcdefabcdef"
 HOOK_TOKEN = "hooktoken-5f1e2d"  # noqa: S105
 HOOK_SECRET = "whsec-TOPSECRET-9a8b7c"  # noqa: S105
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass

@@ -85,6 +85,28 @@ def _script(tmp_path: Path, body: str) -> Path:
     return path
 
 
+def _recording_script(tmp_path: Path, out: Path, gate: Path | None = None) -> Path:
+    """A training command that appends its version and start time to ``out``, then, with ``gate``,
+    holds until that file exists (for at most 60 s)."""
+    wait = (
+        f"""
+        deadline = time.time() + 60
+        while not pathlib.Path({str(gate)!r}).exists() and time.time() < deadline:
+            time.sleep(0.05)"""
+        if gate is not None
+        else ""
+    )
+    return _script(
+        tmp_path,
+        f"""
+        import json, os, pathlib, time
+        with open({str(out)!r}, "a") as fh:
+            fh.write(json.dumps({{"version": int(os.environ["STRANDLINE_VERSION"]), "start": time.time()}}) + "\\n")"""
+        + wait
+        + "\n",
+    )
+
+
 def _run_lines(out: Path) -> list[dict[str, Any]]:
     if not out.exists():
         return []
@@ -182,17 +204,7 @@ def test_a_burst_of_twenty_versions_during_a_run_leads_to_one_more_run_on_the_ne
 ) -> None:
     out = tmp_path / "runs.jsonl"
     gate = tmp_path / "gate"
-    script = _script(
-        tmp_path,
-        f"""
-        import json, os, pathlib, time
-        with open({str(out)!r}, "a") as fh:
-            fh.write(json.dumps({{"version": int(os.environ["STRANDLINE_VERSION"]), "start": time.time()}}) + "\\n")
-        deadline = time.time() + 60
-        while not pathlib.Path({str(gate)!r}).exists() and time.time() < deadline:
-            time.sleep(0.05)
-    """,
-    )
+    script = _recording_script(tmp_path, out, gate)
     config = config_for(
         retrain={
             "policies": [
@@ -225,14 +237,7 @@ def test_cooldown_holds_back_the_next_run_and_coalesces_what_arrives_meanwhile(
     config_for, tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     out = tmp_path / "runs.jsonl"
-    script = _script(
-        tmp_path,
-        f"""
-        import json, os, time
-        with open({str(out)!r}, "a") as fh:
-            fh.write(json.dumps({{"version": int(os.environ["STRANDLINE_VERSION"]), "start": time.time()}}) + "\\n")
-    """,
-    )
+    script = _recording_script(tmp_path, out)
     cooldown = 3.0
     config = config_for(
         retrain={
@@ -809,16 +814,7 @@ def test_a_run_cut_short_by_a_stop_is_recorded_interrupted_and_runs_again_at_the
 ) -> None:
     out = tmp_path / "runs.jsonl"
     gate = tmp_path / "gate"
-    script = _script(
-        tmp_path,
-        f"""
-        import json, os, pathlib, time
-        with open({str(out)!r}, "a") as fh:
-            fh.write(json.dumps({{"version": int(os.environ["STRANDLINE_VERSION"])}}) + "\\n")
-        while not pathlib.Path({str(gate)!r}).exists():
-            time.sleep(0.05)
-    """,
-    )
+    script = _recording_script(tmp_path, out, gate)
     config = config_for(
         retrain={
             "stop_grace_seconds": 2,
