@@ -9,22 +9,33 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.catalog import Catalog, VersionRow
-from daemon.config import catalog_path, discover_datasets, state_dir
+from daemon.config import catalog_path, discover_datasets, load_config, state_dir
 from daemon.engine import Engine
-from daemon.errors import CatalogError, ConfigError
+from daemon.errors import CatalogError, ConfigError, StrandlineError
 from daemon.publisher import Publisher
+from daemon.sdnotify import Notifier, WatchdogPinger
 from daemon.signals import install_stop_handlers
 from daemon.watcher import Watcher
 from schemas.config import DatasetConfig, StrandlineConfig
+
+if TYPE_CHECKING:
+    from daemon.bucket_notifications import NotificationListener
+    from daemon.bucket_poller import BucketPoller
 from schemas.events import FileChange
 
 log = logging.getLogger(__name__)
+
+# The watchdog stops pinging (and systemd restarts the daemon) when the engine loop has not come
+# round for this long. A pass hashing a huge change-set blocks the loop, so this is generous.
+_STALL_SECONDS = 900.0
 
 OnVersion = Callable[[VersionRow, list[FileChange]], None]
 
@@ -80,26 +91,99 @@ class Target:
 
 
 class Daemon:
-    def __init__(self, config: StrandlineConfig, target: Target, *, on_version: OnVersion | None = None) -> None:
+    def __init__(
+        self,
+        config: StrandlineConfig,
+        target: Target,
+        *,
+        on_version: OnVersion | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.config = config
         self.target = target
+        self.config_path = config_path  # re-read on SIGHUP
         self.on_version = on_version
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.watcher: Watcher | None = None
+        self.poller: BucketPoller | None = None
+        self.listener: NotificationListener | None = None
         self.http_address: tuple[str, int] | None = None
+        self.notifier = Notifier.from_environ()
+        self.reloads = 0
         self._stop = threading.Event()
+        self._reload_wanted = threading.Event()
+        self._bucket_stop = threading.Event()
+        self._bucket_threads: list[threading.Thread] = []
 
     def request_stop(self) -> None:
+        self.notifier.stopping()
         self._stop.set()
         if self.engine is not None:
             self.engine.wake()
         if self.publisher is not None:
             self.publisher.wake()
+        self._bucket_stop.set()
+        if self.poller is not None:
+            self.poller.wake()
+
+    def request_reload(self) -> None:
+        """Re-read the config file at the engine's next turn (what SIGHUP does)."""
+        self._reload_wanted.set()
+        if self.engine is not None:
+            self.engine.wake()
 
     def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT asks for a clean stop; a second one exits at once."""
+        """First SIGTERM/SIGINT asks for a clean stop; a second one exits at once. SIGHUP reloads."""
         install_stop_handlers(self.request_stop, self._stop.is_set)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
+
+    def _maybe_reload(self) -> None:
+        if not self._reload_wanted.is_set():
+            return
+        self._reload_wanted.clear()
+        engine = self.engine
+        assert engine is not None
+        self.notifier.reloading()
+        try:
+            self._reload(engine)
+        except StrandlineError as exc:
+            log.error("reload: %s; the daemon goes on with what it had", exc)
+        finally:
+            self.reloads += 1
+            self.notifier.ready(f"watching {len(engine.dataset_names)} datasets")
+
+    def _reload(self, engine: Engine) -> None:
+        if self.target.auto_root is not None:
+            engine.request_discover()
+            log.info("reload: looking for new subfolders of %s", self.target.auto_root)
+            return
+        if self.config_path is None:
+            log.warning("reload: the daemon was started without a config file; nothing to re-read")
+            return
+        fresh = load_config(self.config_path)
+        fixed = ("kafka", "state_dir", "http", "s3", "host")
+        moved = [name for name in fixed if getattr(fresh, name) != getattr(self.config, name)]
+        if moved:
+            log.warning("reload: changes to %s take effect at the next restart", ", ".join(moved))
+        before = {ds.name: ds for ds in self.target.datasets}
+        try:
+            added, removed, changed = engine.replace_datasets(list(fresh.datasets))
+        finally:
+            self.target = Target(tuple(fresh.datasets))
+        log.info(
+            "reload: %d datasets added (%s), %d removed (%s), %d changed (%s)",
+            len(added),
+            ", ".join(added) or "-",
+            len(removed),
+            ", ".join(removed) or "-",
+            len(changed),
+            ", ".join(changed) or "-",
+        )
+        buckets_before = sorted((ds for ds in before.values() if ds.is_bucket), key=lambda d: d.name)
+        buckets_now = sorted((ds for ds in fresh.datasets if ds.is_bucket), key=lambda d: d.name)
+        if buckets_before != buckets_now:
+            self._restart_bucket_threads(engine)
 
     def _engine(self, catalog: Catalog, on_commit: Callable[[], None]) -> Engine:
         auto = self.target.auto_root
@@ -144,17 +228,27 @@ class Daemon:
             watcher.ensure(engine.watch_roots())
             publishing = threading.Thread(target=publisher.run, args=(self._stop,), name="publisher", daemon=True)
             publishing.start()
+            self._restart_bucket_threads(engine)
             log.info(
                 "started: %d datasets, catalog %s, Kafka %s",
                 len(engine.dataset_names),
                 path,
                 self.config.kafka.bootstrap,
             )
+            # systemd: ready now; watchdog pings only while the engine loop keeps coming round.
+            stack.enter_context(WatchdogPinger(self.notifier, lambda: engine.heartbeat.fresh(_STALL_SECONDS)))
+            self.notifier.ready(f"watching {len(engine.dataset_names)} datasets")
             try:
-                engine.run(self._stop, check_watch=lambda: watcher.ensure(engine.watch_roots()))
+                engine.run(
+                    self._stop,
+                    check_watch=lambda: watcher.ensure(engine.watch_roots()),
+                    each_turn=self._maybe_reload,
+                )
             finally:
+                self.notifier.stopping()
                 self._stop.set()
                 publisher.wake()
+                self._stop_bucket_threads()
                 publishing.join()
                 backlog = catalog.backlog()[0]
                 log.info(
@@ -162,6 +256,60 @@ class Daemon:
                     engine.versions_created,
                     backlog,
                 )
+
+    def _stop_bucket_threads(self) -> None:
+        self._bucket_stop.set()
+        if self.poller is not None:
+            self.poller.wake()
+        for thread in self._bucket_threads:
+            thread.join()
+        self._bucket_threads = []
+        self.poller = self.listener = None
+
+    def _restart_bucket_threads(self, engine: Engine) -> None:
+        """(Re)start the poller of bucket datasets (notified ones too: their slow safety re-list)
+        and the notification listener, for the datasets of ``self.target``."""
+        self._stop_bucket_threads()
+        self._bucket_stop = threading.Event()
+        self._bucket_threads = self._bucket_threads_for(engine, catalog_path(self.config))
+        for thread in self._bucket_threads:
+            thread.start()
+
+    def _bucket_threads_for(self, engine: Engine, catalog_file: Path) -> list[threading.Thread]:
+        buckets = [ds for ds in self.target.datasets if ds.is_bucket]
+        if not buckets:
+            return []
+        from daemon.bucket_poller import BucketPoller
+
+        s3 = self.config.s3
+        relist = s3.notifications.relist_interval_seconds
+        polled = [
+            ds if ds.detect == "poll" else ds.model_copy(update={"poll_interval_seconds": relist}) for ds in buckets
+        ]
+        self.poller = BucketPoller(
+            catalog_file,
+            self.config,
+            polled,
+            note=engine.note_rels,
+            request_full=engine.request_full,
+            spool_root=state_dir(self.config) / "spool-poll",
+        )
+        stop = self._bucket_stop
+        threads = [threading.Thread(target=self.poller.run, args=(stop,), name="bucket-poller", daemon=True)]
+        notified = [ds for ds in buckets if ds.detect == "notifications"]
+        if notified:
+            from daemon.bucket_notifications import NotificationListener
+
+            self.listener = NotificationListener(
+                self.config.kafka,
+                s3.notifications,
+                notified,
+                host=self.config.host,
+                note=engine.note_rels,
+                request_full=engine.request_full,
+            )
+            threads.append(threading.Thread(target=self.listener.run, args=(stop,), name="notifications", daemon=True))
+        return threads
 
     def scan(self, *, publish_timeout: float | None) -> tuple[int, int]:
         """One reconcile of every dataset, then (optionally) deliver the outbox. Returns (versions, backlog)."""

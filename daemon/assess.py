@@ -43,10 +43,18 @@ class ChangedWhileProfilingError(Exception):
 class Assessor:
     """Computes the Quality of a dataset's versions; one per dataset."""
 
-    def __init__(self, root: str, dataset: DatasetConfig, suite: Suite | None) -> None:
+    def __init__(
+        self,
+        root: str,
+        dataset: DatasetConfig,
+        suite: Suite | None,
+        locate: Callable[[str, FileState], str] | None = None,
+    ) -> None:
         self.root = root
         self.dataset = dataset
         self.suite = suite
+        # Where the readers find a file's bytes: in place for a folder, a spooled copy for a bucket.
+        self._locate = locate or (lambda rel, _state: os.path.join(root, rel))
 
     def table_format(self, rel: str) -> str | None:
         return detect_format(rel, self.dataset.format)
@@ -75,7 +83,7 @@ class Assessor:
                 known[key] = table
                 fresh.append(table)
         tables = {rel: known[keys[rel]] for rel in sorted(formats, key=lambda p: p.encode("utf-8"))}
-        return self._judge(tables, formats, changed, parent), fresh
+        return self._judge(tables, formats, changed, parent, current), fresh
 
     def check_folder(self, only: str | None = None) -> Quality:
         """The Quality of the root's table files as they are now (or of the one file ``only``),
@@ -93,8 +101,8 @@ class Assessor:
         return quality
 
     def _read(self, rel: str, state: FileState, fmt: str) -> FileTable:
-        full = os.path.join(self.root, rel)
         try:
+            full = self._locate(rel, state)
             before = os.stat(full, follow_symlinks=False)
             schema, profile = profile_file(full, fmt)  # type: ignore[arg-type]
             after = os.stat(full, follow_symlinks=False)
@@ -122,6 +130,7 @@ class Assessor:
         formats: dict[str, str],
         changed: set[str],
         parent: TableSchema | None,
+        current: Mapping[str, FileState],
     ) -> Quality:
         problems = tuple(FileProblem(path=rel, reason=t.error) for rel, t in tables.items() if t.error is not None)
         readable = {rel: t for rel, t in tables.items() if t.error is None}
@@ -139,7 +148,7 @@ class Assessor:
             scope = self.dataset.validate_scope
             targets = [rel for rel in readable if scope == "version" or rel in changed]
             if targets:
-                validation, failure = self._validate(targets, formats)
+                validation, failure = self._validate(targets, formats, current)
                 if failure is not None:
                     status = "invalid"
                     reasons.append(failure)
@@ -166,14 +175,16 @@ class Assessor:
             readable_files=len(readable),
         )
 
-    def _validate(self, targets: list[str], formats: dict[str, str]) -> tuple[ValidationResult | None, str | None]:
+    def _validate(
+        self, targets: list[str], formats: dict[str, str], current: Mapping[str, FileState]
+    ) -> tuple[ValidationResult | None, str | None]:
         import pyarrow as pa
 
         assert self.suite is not None
         parts = []
         for rel in targets:
             try:
-                parts.append(read_table(os.path.join(self.root, rel), formats[rel]))  # type: ignore[arg-type]
+                parts.append(read_table(self._locate(rel, current[rel]), formats[rel]))  # type: ignore[arg-type]
             except (UnreadableDataError, OSError) as exc:
                 return None, f"{rel} could not be read for validation: {exc}"
         try:

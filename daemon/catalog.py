@@ -9,6 +9,7 @@ version and its outbox rows are durable together or not at all.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,7 +29,16 @@ from schemas.events import FileChange, FileProblem
 from schemas.profiles import SchemaChange, TableProfile, TableSchema
 from schemas.validation import ValidationResult
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+
+# Forward migrations: the statements that take a catalog from version N-1 to N, run in one
+# transaction after a backup copy. _SCHEMA below always describes the newest version.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the stat cache remembers an object's ETag (bucket roots).
+    2: ("ALTER TABLE entries ADD COLUMN etag TEXT NOT NULL DEFAULT ''",),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,7 +72,8 @@ CREATE TABLE IF NOT EXISTS entries (
     mtime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL,
     from_seq INTEGER NOT NULL,
-    to_seq INTEGER
+    to_seq INTEGER,
+    etag TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entries_current ON entries(dataset_id, path) WHERE to_seq IS NULL;
 CREATE INDEX IF NOT EXISTS entries_from ON entries(dataset_id, from_seq);
@@ -174,18 +185,57 @@ class Catalog:
     def close(self) -> None:
         self._db.close()
 
+    def _schema_version(self) -> int | None:
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has_meta:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
     def _migrate(self) -> None:
-        # executescript commits implicitly, so the idempotent DDL runs before the transaction.
+        found = self._schema_version()
+        if found is not None and found > SCHEMA_VERSION:
+            raise CatalogError(
+                f"catalog {self.path} has schema {found}, newer than this Strandline ({SCHEMA_VERSION}):"
+                " upgrade Strandline"
+            )
+        if found is not None and found < SCHEMA_VERSION:
+            backup = self._backup(found)
+            with self.transaction() as db:
+                for version in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[version]:
+                        db.execute(statement)
+                db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            log.info(
+                "catalog %s migrated from schema %d to %d; the old catalog is kept at %s",
+                self.path,
+                found,
+                SCHEMA_VERSION,
+                backup,
+            )
+        # executescript commits implicitly, so the idempotent DDL runs outside any transaction.
         self._db.executescript(_SCHEMA)
-        with self.transaction():
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"catalog {self.path} has schema {row[0]}, newer than this Strandline ({SCHEMA_VERSION}):"
-                    " upgrade Strandline"
-                )
+        if found is None:
+            with self.transaction() as db:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _backup(self, version: int) -> Path:
+        """A consistent copy of the catalog before migrating it, next to it; never overwritten."""
+        target = self.path.with_name(f"{self.path.name}.schema{version}.bak")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.schema{version}.{n}.bak")
+        try:
+            with sqlite3.connect(target) as copy:
+                self._db.backup(copy)
+            copy.close()
+        except sqlite3.Error as exc:
+            target.unlink(missing_ok=True)
+            raise CatalogError(
+                f"cannot back up catalog {self.path} before migrating it ({exc}): free disk space next to it"
+            ) from exc
+        return target
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -269,11 +319,11 @@ class Catalog:
     def manifest(self, dataset: str, seq: int) -> dict[str, FileState]:
         ds = self.dataset(dataset)
         rows = self._db.execute(
-            "SELECT path, size, hash, mtime_ns, inode FROM entries WHERE dataset_id=? AND from_seq<=?"
+            "SELECT path, size, hash, mtime_ns, inode, etag FROM entries WHERE dataset_id=? AND from_seq<=?"
             " AND (to_seq IS NULL OR to_seq>?)",
             (ds.id, seq, seq),
         )
-        return {path: FileState(size, digest, mtime, ino) for path, size, digest, mtime, ino in rows}
+        return {path: FileState(size, digest, mtime, ino, etag) for path, size, digest, mtime, ino, etag in rows}
 
     def changes(self, dataset: str, seq: int) -> list[FileChange]:
         """The changes a version made to its parent, from the entry ranges."""
@@ -307,10 +357,10 @@ class Catalog:
 
     def current_states(self, dataset_id: int, prefixes: Iterable[str] | None = None) -> dict[str, FileState]:
         """Current entries of a dataset, all of them or those at or below the given paths."""
-        sql = "SELECT path, size, hash, mtime_ns, inode FROM entries WHERE dataset_id=? AND to_seq IS NULL"
+        sql = "SELECT path, size, hash, mtime_ns, inode, etag FROM entries WHERE dataset_id=? AND to_seq IS NULL"
         if prefixes is None:
-            rows: Iterable[tuple[str, int, str, int, int]] = self._db.execute(sql, (dataset_id,))
-            return {p: FileState(s, h, m, i) for p, s, h, m, i in rows}
+            rows: Iterable[tuple[str, int, str, int, int, str]] = self._db.execute(sql, (dataset_id,))
+            return {p: FileState(s, h, m, i, e) for p, s, h, m, i, e in rows}
         out: dict[str, FileState] = {}
         for prefix in set(prefixes):
             if prefix in ("", "."):
@@ -319,8 +369,18 @@ class Catalog:
             rows = self._db.execute(
                 sql + " AND (path=? OR (path>=? AND path<?))", (dataset_id, prefix, prefix + "/", upper)
             )
-            out.update({p: FileState(s, h, m, i) for p, s, h, m, i in rows})
+            out.update({p: FileState(s, h, m, i, e) for p, s, h, m, i, e in rows})
         return out
+
+    def iter_current(self, dataset_id: int) -> Iterator[tuple[str, FileState]]:
+        """Current entries in path order (UTF-8 bytes, as S3 lists keys), streamed from one cursor."""
+        rows = self._db.execute(
+            "SELECT path, size, hash, mtime_ns, inode, etag FROM entries WHERE dataset_id=? AND to_seq IS NULL"
+            " ORDER BY path",
+            (dataset_id,),
+        )
+        for p, s, h, m, i, e in rows:
+            yield p, FileState(s, h, m, i, e)
 
     def update_stats(self, dataset_id: int, states: dict[str, FileState]) -> None:
         """Refresh the stat cache of current entries whose bytes did not change."""
@@ -328,8 +388,8 @@ class Catalog:
             return
         with self.transaction() as db:
             db.executemany(
-                "UPDATE entries SET mtime_ns=?, inode=? WHERE dataset_id=? AND path=? AND to_seq IS NULL",
-                [(st.mtime_ns, st.inode, dataset_id, path) for path, st in states.items()],
+                "UPDATE entries SET mtime_ns=?, inode=?, etag=? WHERE dataset_id=? AND path=? AND to_seq IS NULL",
+                [(st.mtime_ns, st.inode, st.etag, dataset_id, path) for path, st in states.items()],
             )
 
     def commit_version(
@@ -387,9 +447,10 @@ class Catalog:
             for c in changes:
                 if c.change != "removed":
                     st = new_states[c.path]
-                    opening.append((dataset.id, c.path, st.size, st.hash, st.mtime_ns, st.inode, seq))
+                    opening.append((dataset.id, c.path, st.size, st.hash, st.mtime_ns, st.inode, st.etag, seq))
             db.executemany(
-                "INSERT INTO entries(dataset_id, path, size, hash, mtime_ns, inode, from_seq) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO entries(dataset_id, path, size, hash, mtime_ns, inode, etag, from_seq)"
+                " VALUES (?,?,?,?,?,?,?,?)",
                 opening,
             )
             if marker_stat is not None:

@@ -133,6 +133,10 @@ def watch(folder: Path | None, config: Path | None, as_json: bool, http: str | N
     found by the start-up reconcile. Events go to Kafka through an outbox: if Kafka is down,
     versions are still recorded and delivered, in order, when it returns.
 
+    SIGHUP re-reads the config: added datasets start, removed ones stop, changed ones restart
+    with a full look at their root. A dataset root may be a bucket prefix (s3://bucket/prefix/,
+    see [s3] in the config).
+
     \b
     Examples:
       strandline watch examples/data
@@ -153,7 +157,7 @@ def watch(folder: Path | None, config: Path | None, as_json: bool, http: str | N
             line = json.dumps(_version_dict(row)) if as_json else _version_line(row)
             click.echo(line)
 
-        daemon = Daemon(cfg, target, on_version=printer)
+        daemon = Daemon(cfg, target, on_version=printer, config_path=_config_path(config))
         daemon.install_signal_handlers()
         daemon.run()
     except StrandlineError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from daemon.errors import ConfigError
+from daemon.objectstore import is_bucket_url, parse_root
 from schemas.config import DATASET_NAME_PATTERN, DatasetConfig, StrandlineConfig
 
 DEFAULT_STATE_DIR = ".strandline"
@@ -28,6 +29,16 @@ def _describe(exc: ValidationError, source: str) -> str:
         lines.append(f"  {key}: {err['msg']}{allowed}")
     lines.append("See `strandline watch --help` and the README's configuration section.")
     return "\n".join(lines)
+
+
+_KAFKA_FILES = (
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "sasl_password_file",
+    "sasl_oauth_token_file",
+    "oauth_client_secret_file",
+)
 
 
 def load_config(path: Path | None) -> StrandlineConfig:
@@ -53,8 +64,13 @@ def load_config(path: Path | None) -> StrandlineConfig:
         if isinstance(datasets, list):
             for ds in datasets:
                 for key in ("root", "suite"):
-                    if isinstance(ds, dict) and isinstance(ds.get(key), str):
+                    if isinstance(ds, dict) and isinstance(ds.get(key), str) and not is_bucket_url(ds[key]):
                         ds[key] = str(base / ds[key])
+        kafka = data.get("kafka")
+        if isinstance(kafka, dict):
+            for key in _KAFKA_FILES:
+                if isinstance(kafka.get(key), str):
+                    kafka[key] = str(base / kafka[key])
         consumers = data.get("consumers")
         if isinstance(consumers, dict) and isinstance(consumers.get("state_dir"), str):
             consumers["state_dir"] = str(base / consumers["state_dir"])
@@ -66,9 +82,15 @@ def load_config(path: Path | None) -> StrandlineConfig:
                 action["cwd"] = str(base / action["cwd"])
         data.setdefault("state_dir", str(base / DEFAULT_STATE_DIR))
     try:
-        return StrandlineConfig(**data)  # type: ignore[arg-type]
+        config = StrandlineConfig(**data)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
+    for ds in config.datasets:
+        if is_bucket_url(ds.root):
+            parse_root(ds.root)  # an unknown scheme or a bad bucket name fails here, not at first poll
+        elif ds.detect != "poll" or ds.poll_interval_seconds is not None:
+            raise ConfigError(f"dataset {ds.name!r}: detect and poll_interval_seconds apply to bucket roots only")
+    return config
 
 
 def state_dir(config: StrandlineConfig) -> Path:

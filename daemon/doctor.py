@@ -65,7 +65,8 @@ def check_inotify(datasets: list[DatasetConfig]) -> Check:
     queued = _read_int("/proc/sys/fs/inotify/max_queued_events")
     if limit is None:
         return Check("inotify", True, "not Linux: the watcher polls, reconcile catches the rest")
-    needed = sum(count_dirs(ds.root) for ds in datasets if ds.root.is_dir())
+    local = [Path(ds.root) for ds in datasets if not ds.is_bucket]
+    needed = sum(count_dirs(root) for root in local if root.is_dir())
     detail = f"{needed} folders to watch, max_user_watches={limit}, max_queued_events={queued}"
     if needed > limit * 0.8:
         return Check(
@@ -78,12 +79,32 @@ def check_inotify(datasets: list[DatasetConfig]) -> Check:
     return Check("inotify", True, detail)
 
 
-def check_roots(datasets: list[DatasetConfig]) -> list[Check]:
+def check_bucket(ds: DatasetConfig, config: StrandlineConfig) -> Check:
+    """Can the daemon list the bucket prefix with its credentials? Says what to fix if not."""
+    from daemon.bucket_source import BucketSource
+    from daemon.objectstore import check_root
+
+    name = f"root {ds.name}"
+    try:
+        source = BucketSource(ds.root, spool_dir="", settings=config.s3)
+        check_root(source.fs, source.root)
+    except StrandlineError as exc:
+        return Check(name, False, str(exc))  # our source errors already say what to do
+    mode = "notifications" if ds.detect == "notifications" else "polling"
+    return Check(name, True, f"{source.root.url} is reachable and listable ({mode})")
+
+
+def check_roots(datasets: list[DatasetConfig], config: StrandlineConfig | None = None) -> list[Check]:
     out = []
     for ds in datasets:
-        if not ds.root.is_dir():
+        if ds.is_bucket:
+            if config is not None:
+                out.append(check_bucket(ds, config))
+            continue
+        root = Path(ds.root)
+        if not root.is_dir():
             out.append(Check(f"root {ds.name}", False, f"{ds.root} is missing", "create it or fix the dataset's root"))
-        elif not os.access(ds.root, os.R_OK | os.X_OK):
+        elif not os.access(root, os.R_OK | os.X_OK):
             out.append(
                 Check(f"root {ds.name}", False, f"{ds.root} is not readable", "grant the daemon's user read access")
             )
@@ -115,7 +136,7 @@ def check_outbox(config: StrandlineConfig) -> Check:
 def run_checks(config: StrandlineConfig, datasets: list[DatasetConfig]) -> list[Check]:
     return [
         Check("config", True, f"{len(datasets)} datasets, state in {catalog_path(config).parent}"),
-        *check_roots(datasets),
+        *check_roots(datasets, config),
         check_inotify(datasets),
         check_kafka(config),
         check_outbox(config),

@@ -14,11 +14,16 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daemon.catalog import Catalog, VersionRow
-from daemon.errors import StrandlineError
+from daemon.config import state_dir
+from daemon.errors import ConfigError, StrandlineError
+from daemon.metrics import EngineMetrics
+from daemon.sdnotify import Heartbeat
+from daemon.sources import open_source
 from daemon.versioner import Versioner
 from daemon.watcher import Kind
 from schemas.config import DatasetConfig, StrandlineConfig
@@ -26,7 +31,10 @@ from schemas.events import FileChange
 
 log = logging.getLogger(__name__)
 
+# A dataset whose pass failed (bucket unreachable, disk error) is retried after this, doubling
+# up to the cap while it keeps failing.
 _ERROR_RETRY_SECONDS = 5.0
+_ERROR_RETRY_MAX_SECONDS = 60.0
 # How often the loop checks that the watcher is alive and every root is watched.
 _WATCH_CHECK_SECONDS = 2.0
 
@@ -62,6 +70,7 @@ class _Dataset:
     root: str
     settle: float
     pending: _Pending = field(default_factory=_Pending)
+    failures: int = 0  # consecutive failed passes
 
 
 class Engine:
@@ -88,31 +97,84 @@ class Engine:
         self._datasets: dict[str, _Dataset] = {}
         self._routes: list[tuple[str, _Dataset]] = []
         self._rediscover = False
+        self._woken = False
         self._in_flight: set[str] = set()
         self.overflows = 0
+        self.problems: dict[str, str] = {}  # dataset -> why its last pass failed (cleared by a success)
         self.versions_created = 0
         self.passes = 0  # versioning passes run (one per quiet change-set or reconcile)
+        self.heartbeat = Heartbeat()  # beaten each time the loop comes round (systemd's watchdog)
+        self.metrics = EngineMetrics()
+        self.rescanning: set[str] = set()  # datasets re-scanned after a watcher overflow
         for ds in datasets:
             self._add(ds)
 
     # -- datasets and routing -----------------------------------------------------------
 
-    def _add(self, ds: DatasetConfig) -> None:
-        versioner = Versioner(self.catalog, self.config, ds, on_version=self._on_version)
-        entry = _Dataset(
+    def _build(self, ds: DatasetConfig) -> _Dataset:
+        spool = str(state_dir(self.config) / "spool" / ds.name)
+        source = open_source(ds.root, spool_dir=spool, settings=self.config.s3)
+        versioner = Versioner(self.catalog, self.config, ds, on_version=self._on_version, source=source)
+        return _Dataset(
             ds,
             versioner,
             versioner.root,
             ds.settle_seconds if ds.settle_seconds is not None else self.config.settle_seconds,
         )
+
+    def _add(self, ds: DatasetConfig, entry: _Dataset | None = None) -> None:
+        entry = entry or self._build(ds)
         with self._cond:
             self._datasets[ds.name] = entry
-            self._routes = sorted(((d.root, d) for d in self._datasets.values()), key=lambda r: len(r[0]), reverse=True)
+            self._reroute()
         log.info("watching dataset %s at %s", ds.name, entry.root, extra={"dataset": ds.name})
+
+    def _reroute(self) -> None:
+        local = [d for d in self._datasets.values() if not d.config.is_bucket]
+        self._routes = sorted(((d.root, d) for d in local), key=lambda r: len(r[0]), reverse=True)
+
+    def replace_datasets(self, datasets: list[DatasetConfig]) -> tuple[list[str], list[str], list[str]]:
+        """Make the watched datasets ``datasets`` (a reloaded config): (added, removed, changed) names.
+
+        Call from the engine's thread. A changed dataset starts afresh with a full pass, so nothing
+        seen under the old settings is lost; a dataset whose new settings fail (a bad suite) keeps
+        running as it was, and the error is raised after the others were applied.
+        """
+        wanted = {ds.name: ds for ds in datasets}
+        added: list[str] = []
+        removed: list[str] = []
+        changed: list[str] = []
+        failures: list[str] = []
+        for name in list(self._datasets):
+            if name not in wanted:
+                with self._cond:
+                    del self._datasets[name]
+                    self.problems.pop(name, None)
+                    self._reroute()
+                removed.append(name)
+                log.info("dataset %s is no longer watched", name, extra={"dataset": name})
+        for name, ds in wanted.items():
+            current = self._datasets.get(name)
+            if current is not None and current.config == ds:
+                continue
+            try:
+                entry = self._build(ds)
+            except StrandlineError as exc:
+                failures.append(f"{name}: {exc}")
+                continue
+            (changed if current is not None else added).append(name)
+            self._add(ds, entry)
+            self._request_full(entry, immediate=True)
+        if failures:
+            raise ConfigError("kept the previous settings of " + "; ".join(failures))
+        return added, removed, changed
 
     @property
     def dataset_names(self) -> list[str]:
         return sorted(self._datasets)
+
+    def dataset_configs(self) -> list[DatasetConfig]:
+        return [d.config for d in self._datasets.values()]
 
     def watch_roots(self) -> dict[str, bool]:
         """The fewest roots (path → recursive) whose watches cover every dataset."""
@@ -120,6 +182,8 @@ class Engine:
             return {self._auto_root: True}
         roots: dict[str, bool] = {}
         for d in sorted(self._datasets.values(), key=lambda d: len(d.root)):
+            if d.config.is_bucket:
+                continue
             covered = any(d.root.startswith(r + os.sep) and rec for r, rec in roots.items())
             if not covered:
                 roots[d.root] = roots.get(d.root, False) or d.config.recursive
@@ -179,9 +243,41 @@ class Engine:
                 p.open.discard(rel)
             self._cond.notify()
 
+    def note_rels(self, name: str, rels: set[str]) -> None:
+        """Paths of dataset ``name`` that changed (from a bucket poll or notification): version them once quiet."""
+        d = self._datasets.get(name)
+        if d is None or not rels:
+            return
+        now = time.monotonic()
+        with self._cond:
+            p = d.pending
+            if not p.any:
+                p.first_event = now
+            p.last_event = now
+            if not p.full:
+                p.paths |= rels
+            self._cond.notify()
+
+    def request_full(self, name: str) -> None:
+        """Look at all of dataset ``name`` once quiet (a poll saw something only a full pass reports)."""
+        d = self._datasets.get(name)
+        if d is not None:
+            self._request_full(d, immediate=False)
+
+    def pending(self, name: str) -> set[str]:
+        """Paths of ``name`` waiting for their quiet period (a copy)."""
+        with self._cond:
+            d = self._datasets.get(name)
+            return set() if d is None else set(d.pending.paths)
+
     def note_overflow(self, root: str) -> None:
         """The kernel dropped events below ``root``: reconcile what it covers once quiet."""
         self.overflows += 1
+        self.rescanning.update(
+            d.config.name
+            for d in list(self._datasets.values())
+            if d.root == root or d.root.startswith(root + os.sep) or root.startswith(d.root + os.sep)
+        )
         log.warning("watcher overflowed below %s; events were lost, re-scanning the datasets there", root)
         self._rescan_below(root, immediate=False)
 
@@ -220,8 +316,8 @@ class Engine:
             deadline = max(deadline, p.first_event + self.config.max_open_seconds)
         return deadline
 
-    def _take_due(self, now: float) -> tuple[list[tuple[_Dataset, set[str] | None]], float | None]:
-        due: list[tuple[_Dataset, set[str] | None]] = []
+    def _take_due(self, now: float) -> tuple[list[tuple[_Dataset, set[str] | None, float]], float | None]:
+        due: list[tuple[_Dataset, set[str] | None, float]] = []
         next_deadline: float | None = None
         with self._cond:
             for d in self._datasets.values():
@@ -230,7 +326,7 @@ class Engine:
                     continue
                 if deadline <= now:
                     p = d.pending
-                    due.append((d, None if p.full else set(p.paths)))
+                    due.append((d, None if p.full else set(p.paths), p.first_event))
                     self._in_flight.add(d.config.name)
                     # Files still open stay tracked, unless their allowance just ran out.
                     expired = p.open and now >= p.first_event + self.config.max_open_seconds
@@ -239,35 +335,57 @@ class Engine:
                     next_deadline = deadline
         return due, next_deadline
 
-    def _process(self, d: _Dataset, dirty: set[str] | None) -> None:
+    def _process(self, d: _Dataset, dirty: set[str] | None, first_event: float) -> None:
         self.passes += 1
+        name = d.config.name
+        started = time.monotonic()
         try:
             outcome = d.versioner.process(dirty)
         except (StrandlineError, OSError, sqlite3.Error) as exc:
+            self.metrics.errors[type(exc).__name__] += 1
+            delay = self._failed(d, str(exc))
             log.error(
                 "dataset %s: cannot version now (%s); retrying in %.0f s",
-                d.config.name,
+                name,
                 exc,
-                _ERROR_RETRY_SECONDS,
-                extra={"dataset": d.config.name},
+                delay,
+                extra={"dataset": name},
             )
-            self._requeue(d, dirty, delay=_ERROR_RETRY_SECONDS)
+            self._requeue(d, dirty, delay=delay)
             return
-        except Exception:
+        except Exception as exc:
             # A bug must cost one dataset a retry, never the daemon: log it whole and go on.
+            self.metrics.errors[type(exc).__name__] += 1
+            delay = self._failed(d, f"unexpected error: {type(exc).__name__}")
             log.exception(
                 "dataset %s: unexpected error while versioning; retrying in %.0f s",
-                d.config.name,
-                _ERROR_RETRY_SECONDS,
-                extra={"dataset": d.config.name},
+                name,
+                delay,
+                extra={"dataset": name},
             )
-            self._requeue(d, dirty, delay=_ERROR_RETRY_SECONDS)
+            self._requeue(d, dirty, delay=delay)
             return
+        if d.failures:
+            log.info("dataset %s: versioning works again", name, extra={"dataset": name})
+            d.failures = 0
+            self.problems.pop(name, None)
+        finished = time.monotonic()
+        if dirty is None:
+            self.metrics.reconcile_seconds.observe(finished - started)
+            self.rescanning.discard(name)
         if outcome.version is not None:
             self.versions_created += 1
+            # From the first change noticed to the version recorded (settle window included).
+            self.metrics.detection_seconds.observe(max(0.0, finished - first_event))
         self._on_commit()
         if outcome.retry:
             self._requeue(d, dirty, delay=0.0)
+
+    def _failed(self, d: _Dataset, reason: str) -> float:
+        """Record a failed pass; the delay before the next try."""
+        d.failures += 1
+        self.problems[d.config.name] = reason
+        return min(_ERROR_RETRY_SECONDS * 2.0 ** min(d.failures - 1, 8), _ERROR_RETRY_MAX_SECONDS)
 
     def _requeue(self, d: _Dataset, dirty: set[str] | None, delay: float) -> None:
         now = time.monotonic()
@@ -285,9 +403,9 @@ class Engine:
         """Version every dataset whose change-set is quiet; return the next deadline."""
         now = float("inf") if ignore_settle else time.monotonic()
         due, next_deadline = self._take_due(now)
-        for d, dirty in due:
+        for d, dirty, first_event in due:
             try:
-                self._process(d, dirty)
+                self._process(d, dirty, first_event)
             finally:
                 with self._cond:
                     self._in_flight.discard(d.config.name)
@@ -299,6 +417,19 @@ class Engine:
             d = self._datasets.get(name)
             return d is not None and not d.pending.any and name not in self._in_flight
 
+    def rejections(self) -> Counter[str]:
+        """Paths rejected since start, by reason, over every dataset."""
+        total: Counter[str] = Counter()
+        for d in list(self._datasets.values()):
+            total.update(d.versioner.rejections)
+        return total
+
+    def request_discover(self) -> None:
+        """Look for new subfolders of the auto root at the next turn."""
+        with self._cond:
+            self._rediscover = True
+            self._cond.notify()
+
     def _maybe_discover(self) -> None:
         with self._cond:
             wanted, self._rediscover = self._rediscover, False
@@ -309,17 +440,28 @@ class Engine:
                 self._add(ds)
                 self._request_full(self._datasets[ds.name], immediate=False)
 
-    def run(self, stop: threading.Event, *, check_watch: Callable[[], list[str]] | None = None) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        check_watch: Callable[[], list[str]] | None = None,
+        each_turn: Callable[[], None] | None = None,
+    ) -> None:
         """Loop until ``stop`` is set: version quiet datasets, reconcile periodically.
 
         ``check_watch`` makes sure every root is watched by a live watcher and returns the roots
         it (re)started watching: events there may have been missed, so they are re-scanned.
+        ``each_turn`` runs in this thread at every turn of the loop (a config reload, say);
+        ``wake`` makes the loop turn at once.
         """
         interval = self.config.reconcile_interval_seconds
         next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
         next_check = time.monotonic() + _WATCH_CHECK_SECONDS
         self.request_reconcile()
         while not stop.is_set():
+            self.heartbeat.beat()
+            if each_turn is not None:
+                each_turn()
             self._maybe_discover()
             self.process_due()
             now = time.monotonic()
@@ -335,7 +477,8 @@ class Engine:
                 next_reconcile = now + interval
                 continue
             with self._cond:
-                if stop.is_set() or self._rediscover:
+                if stop.is_set() or self._rediscover or self._woken:
+                    self._woken = False
                     continue
                 # Recomputed under the lock: an event may have arrived since _take_due.
                 deadlines = [dl for d in self._datasets.values() if (dl := self._deadline(d)) is not None]
@@ -345,4 +488,5 @@ class Engine:
 
     def wake(self) -> None:
         with self._cond:
+            self._woken = True
             self._cond.notify_all()

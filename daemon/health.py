@@ -7,6 +7,7 @@ read-only connection to the catalog, so nothing on the hot path pays for metrics
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from daemon.catalog import Catalog
-from daemon.config import catalog_path
+from daemon.config import catalog_path, state_dir
 from daemon.http_endpoint import Route
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 # An undelivered event older than this makes the daemon not ready even before Kafka errors.
 BACKLOG_AGE_NOT_READY_SECONDS = 120.0
+# Less free space than this share of the state directory's disk makes the daemon not ready.
+DISK_FREE_NOT_READY_FRACTION = 0.05
 
 
 def _backlog(daemon: Daemon) -> tuple[int, float]:
@@ -53,10 +56,21 @@ class DaemonCollector(Collector):
                 "inotify queue overflows (each followed by a re-scan).",
                 value=engine.overflows,
             )
+            yield from engine.metrics.detection_seconds.collect()
+            yield from engine.metrics.reconcile_seconds.collect()
+            errors = CounterMetricFamily(
+                "strandline_errors", "Failed versioning passes and rejected inputs, by kind.", labels=["kind"]
+            )
+            for kind, count in sorted(engine.metrics.errors.items()):
+                errors.add_metric([kind], count)
+            for reason, count in sorted(engine.rejections().items()):
+                errors.add_metric([f"rejected_{reason}"], count)
+            yield errors
         if publisher is not None:
             yield CounterMetricFamily(
                 "strandline_events_published", "Events acknowledged by Kafka since start.", value=publisher.published
             )
+            yield from publisher.publish_seconds.collect()
             yield GaugeMetricFamily(
                 "strandline_kafka_degraded",
                 "1 while events cannot be delivered to Kafka.",
@@ -67,6 +81,11 @@ class DaemonCollector(Collector):
                 "strandline_watcher_restarts",
                 "Times the filesystem watcher died and was restarted.",
                 value=watcher.restarts,
+            )
+        poller = self.daemon.poller
+        if poller is not None:
+            yield CounterMetricFamily(
+                "strandline_bucket_polls", "Listings of polled bucket prefixes.", value=poller.polls
             )
         backlog, age = _backlog(self.daemon)
         yield GaugeMetricFamily("strandline_outbox_backlog", "Events waiting in the outbox.", value=backlog)
@@ -87,6 +106,26 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
                 "part": "kafka",
                 "reason": f"cannot deliver to {daemon.config.kafka.bootstrap}: {publisher.last_error or 'no answer'}",
                 "since": publisher.degraded_since,
+            }
+        )
+    poller, listener = daemon.poller, daemon.listener
+    for name, reason in sorted((poller.problems if poller is not None else {}).items()):
+        degraded.append({"part": "bucket", "dataset": name, "reason": reason})
+    for name, reason in sorted(daemon.engine.problems.items()):
+        degraded.append({"part": "dataset", "dataset": name, "reason": reason})
+    if listener is not None and listener.problem is not None:
+        degraded.append({"part": "notifications", "reason": listener.problem})
+    for name in sorted(daemon.engine.rescanning):
+        degraded.append(
+            {"part": "watcher", "dataset": name, "reason": "events were lost (inotify overflow); re-scanning"}
+        )
+    usage = shutil.disk_usage(state_dir(daemon.config))
+    if usage.free < DISK_FREE_NOT_READY_FRACTION * usage.total:
+        degraded.append(
+            {
+                "part": "disk",
+                "reason": f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB where the catalog is:"
+                " free space before the catalog cannot grow",
             }
         )
     backlog, age = _backlog(daemon)

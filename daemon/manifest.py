@@ -24,10 +24,11 @@ class FileState:
     hash: str
     mtime_ns: int = 0
     inode: int = 0
+    etag: str = ""  # an object's ETag (buckets); "" for local files
 
-    def stat_matches(self, size: int, mtime_ns: int, inode: int) -> bool:
+    def stat_matches(self, size: int, mtime_ns: int, inode: int, etag: str = "") -> bool:
         """True when a fresh stat proves the bytes are unchanged, so they need not be re-read."""
-        return self.size == size and self.mtime_ns == mtime_ns and self.inode == inode
+        return self.size == size and self.mtime_ns == mtime_ns and self.inode == inode and self.etag == etag
 
 
 Manifest = Mapping[str, FileState]

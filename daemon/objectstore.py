@@ -34,7 +34,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import xxhash
@@ -638,13 +638,21 @@ def list_prefix(
         request.pop("StartAfter", None)
 
 
-def hash_object(fs: Any, root: BucketRoot, key: str, *, etag: str | None = None, chunk: int = DEFAULT_CHUNK) -> str:
+def hash_object(
+    fs: Any,
+    root: BucketRoot,
+    key: str,
+    *,
+    etag: str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    sink: BinaryIO | None = None,
+) -> str:
     """XXH3-128 of an object's bytes as 32 lowercase hex digits, streamed from one GET.
 
     The digest equals ``daemon.fingerprint.hash_file`` of the same bytes in a local file. At most
     ``chunk`` bytes are held at a time. With ``etag`` (the listed one) the GET is conditional: an
     object overwritten since it was listed raises ``UnreadableDataError`` instead of hashing bytes
-    the listing never saw.
+    the listing never saw. ``sink`` also receives the bytes (a local copy of exactly what was hashed).
     """
     from fsspec.asyn import sync  # type: ignore[import-untyped]
 
@@ -659,6 +667,8 @@ def hash_object(fs: Any, root: BucketRoot, key: str, *, etag: str | None = None,
         try:
             while data := await body.read(chunk):
                 hasher.update(data)
+                if sink is not None:
+                    sink.write(data)
         finally:
             body.close()
         return str(hasher.hexdigest())

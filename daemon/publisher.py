@@ -19,6 +19,7 @@ from daemon.catalog import Catalog
 from daemon.errors import PublishError
 from daemon.events import health_message
 from daemon.kafka_client import ensure_topics, make_producer
+from daemon.metrics import latency_histogram
 from daemon.outbox import PendingMessage
 from schemas.config import KafkaConfig
 from schemas.events import DaemonHealth
@@ -48,6 +49,9 @@ class Publisher:
         self.degraded_since: float | None = None
         self.last_error: str | None = None
         self.published = 0  # events acknowledged since start (the /metrics counter)
+        self.publish_seconds = latency_histogram(
+            "strandline_publish_latency_seconds", "From a version's commit to Kafka's acknowledgement of its event."
+        )
         self._backoff = 0.5
         self._topics_checked = False
         self._stop = threading.Event()
@@ -162,6 +166,8 @@ class Publisher:
             if failure is not None:
                 break
             acked.append(item.id)
+            # From the version's commit (the outbox row) to the broker's acknowledgement.
+            self.publish_seconds.observe(max(0.0, time.time() - item.created_at))
         self._catalog.mark_delivered(acked)
         if failure is not None or len(acked) < len(batch):
             # Drop whatever is still queued so nothing after the failure is delivered out of order.

@@ -18,9 +18,12 @@ from schemas.events import RejectReason
 
 
 class FileStat(NamedTuple):
+    """What vouches for a file's bytes: its stat, or an object's size, last-modified and ETag."""
+
     size: int
     mtime_ns: int
     inode: int
+    etag: str = ""
 
 
 @dataclass(frozen=True, slots=True)

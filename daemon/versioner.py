@@ -8,8 +8,8 @@ in one catalog transaction when the manifest really changed.
 from __future__ import annotations
 
 import logging
-import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,9 +18,10 @@ from daemon.assess import Assessor, ChangedWhileProfilingError
 from daemon.catalog import Catalog, DatasetRow, VersionRow
 from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
-from daemon.fingerprint import ChangedWhileReadingError, hash_file
+from daemon.fingerprint import ChangedWhileReadingError
 from daemon.manifest import FileState, diff, version_id
-from daemon.scanner import FileStat, Rejection, display_path, is_utf8, stat_error, stat_paths, walk
+from daemon.scanner import FileStat, Rejection, display_path, is_utf8
+from daemon.sources import Source
 from daemon.validation import load_suite
 from schemas.config import DatasetConfig, StrandlineConfig
 from schemas.events import FileChange, InputRejected
@@ -29,9 +30,6 @@ log = logging.getLogger(__name__)
 
 # Above this many changed paths one query for the whole current state beats a query per path.
 _BULK_LOOKUP = 256
-# A file modified this recently may change again within the same mtime tick; its stat is not
-# trusted for the cache ("racy git"), so it is simply re-hashed next time.
-_RACY_NS = 50_000_000
 
 
 @dataclass
@@ -52,17 +50,23 @@ class Versioner:
         config: StrandlineConfig,
         dataset: DatasetConfig,
         on_version: Callable[[VersionRow, list[FileChange]], None] | None = None,
+        *,
+        source: Source,
     ) -> None:
         self.catalog = catalog
         self.config = config
         self.dataset = dataset
-        self.root = os.path.abspath(dataset.root)
+        self.source = source
+        self.root = source.location
         self.filter = PathFilter.for_dataset(dataset)
         self.row: DatasetRow = catalog.ensure_dataset(dataset.name, self.root)
         # The suite is loaded (and checked by GX) now, so a bad suite file stops the start.
-        self.assessor = Assessor(self.root, dataset, load_suite(dataset.suite) if dataset.suite else None)
+        self.assessor = Assessor(
+            self.root, dataset, load_suite(dataset.suite) if dataset.suite else None, source.table_path
+        )
         self._on_version = on_version
         self._reported: set[tuple[str, str]] = set()
+        self.rejections: Counter[str] = Counter()  # rejected paths by reason (for /metrics)
         self._root_missing = False
 
     # -- rejections -----------------------------------------------------------------------
@@ -73,6 +77,7 @@ class Versioner:
         if (shown, rej.reason) in self._reported:
             return
         self._reported.add((shown, rej.reason))
+        self.rejections[rej.reason] += 1
         log.warning(
             "dataset %s: %s not versioned (%s): %s",
             self.dataset.name,
@@ -93,24 +98,19 @@ class Versioner:
 
     # -- the pass -------------------------------------------------------------------------
 
-    def _marker_stat(self) -> str | None:
-        assert self.dataset.commit_marker is not None
-        try:
-            st = os.lstat(os.path.join(self.root, self.dataset.commit_marker))
-        except OSError:
-            return None
-        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-
     def process(self, dirty: set[str] | None) -> Outcome:
         """Version the dataset's current state; ``dirty`` limits the look to those paths."""
-        if not os.path.isdir(self.root):
+        try:
+            return self._process(dirty)
+        finally:
+            self.source.finish_pass()
+
+    def _process(self, dirty: set[str] | None) -> Outcome:
+        missing = self.source.missing()
+        if missing is not None:
             if not self._root_missing:
                 self._root_missing = True
-                self._reject(
-                    Rejection(
-                        ".", "root_missing", f"dataset root {self.root} is missing; versions resume when it is back"
-                    )
-                )
+                self._reject(Rejection(".", "root_missing", missing))
             return Outcome()
         if self._root_missing:
             log.info("dataset %s: root %s is back", self.dataset.name, self.root)
@@ -118,17 +118,17 @@ class Versioner:
             self._reported.discard((".", "root_missing"))
         marker_stat: str | None = None
         if self.dataset.commit_marker is not None:
-            marker_stat = self._marker_stat()
+            marker_stat = self.source.marker_stat(self.dataset.commit_marker)
             if marker_stat is None or marker_stat == self.catalog.dataset(self.dataset.name).marker_stat:
                 return Outcome()  # no new commit marker: the writer has not finished
             dirty = None  # a job that writes a marker may rewrite anything: look at all of it
 
         if dirty is None:
-            found = dict(walk(self.root, self.filter, self._reject))
+            found = dict(self.source.walk(self.filter, self._reject))
             known = self.catalog.current_states(self.row.id)
             removed = [p for p in known if p not in found]
         else:
-            found, absent = stat_paths(self.root, dirty, self.filter, self._reject)
+            found, absent = self.source.stat_paths(dirty, self.filter, self._reject)
             bulk = len(dirty) > _BULK_LOOKUP
             # Undecodable names were rejected above and can never be in the catalog.
             known = self.catalog.current_states(self.row.id, None if bulk else filter(is_utf8, dirty))
@@ -137,7 +137,7 @@ class Versioner:
         outcome = Outcome()
         fresh: dict[str, FileState] = {}
         stat_only: dict[str, FileState] = {}
-        racy_limit = time.time_ns() - _RACY_NS
+        racy_limit = time.time_ns() - self.source.racy_ns
         for rel, fs in found.items():
             before = known.get(rel)
             if before is not None and before.stat_matches(*fs):
@@ -145,10 +145,10 @@ class Versioner:
             state = self._hash(rel, fs, outcome)
             if state is None:
                 if before is not None:
-                    found[rel] = FileStat(before.size, before.mtime_ns, before.inode)
+                    found[rel] = FileStat(before.size, before.mtime_ns, before.inode, before.etag)
                 continue
-            if state.mtime_ns > racy_limit:
-                state = FileState(state.size, state.hash, 0, state.inode)
+            if self.source.racy_ns and state.mtime_ns > racy_limit:
+                state = FileState(state.size, state.hash, 0, state.inode, state.etag)
             if before is not None and (before.size, before.hash) == (state.size, state.hash):
                 stat_only[rel] = state
             else:
@@ -224,17 +224,16 @@ class Versioner:
         return outcome
 
     def _hash(self, rel: str, fs: FileStat, outcome: Outcome) -> FileState | None:
+        """The file's fresh state; None when it vanished, cannot be read, or is still changing."""
         try:
-            digest, st = hash_file(os.path.join(self.root, rel))
+            result = self.source.fingerprint(rel, fs, keep=self.assessor.table_format(rel) is not None)
         except ChangedWhileReadingError:
             outcome.retry = True
             return None
-        except FileNotFoundError:
-            return None  # removed after the listing; its delete event follows
-        except OSError as exc:
-            self._reject(stat_error(rel, exc))
+        if isinstance(result, Rejection):
+            self._reject(result)
             return None
-        return FileState(st.st_size, digest, st.st_mtime_ns, st.st_ino)
+        return result
 
 
 def _under_any(path: str, prefixes: set[str]) -> bool:

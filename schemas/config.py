@@ -6,6 +6,7 @@ Nested keys use one underscore after the section: ``STRANDLINE_KAFKA_BOOTSTRAP``
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -42,7 +43,8 @@ TableFormat = Literal["parquet", "csv", "jsonl", "arrow", "orc"]
 class KafkaConfig(BaseModel):
     """Where and how events are published."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Validation errors would otherwise quote the input, secrets included.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     bootstrap: str = Field(
         "127.0.0.1:9092",
@@ -61,6 +63,144 @@ class KafkaConfig(BaseModel):
     delivery_timeout_seconds: Seconds = Field(
         120.0, description="How long one send may wait for the broker before it is retried from the outbox."
     )
+    # Security (issue 7). Secrets are SecretStr (never shown in logs or errors) or *_file paths read
+    # when a connection is made, for systemd credentials and Docker/Kubernetes secrets.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How to talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS).",
+    )
+    ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates that signed the brokers' certificates"
+        " (default: the system's trust store).",
+    )
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM, with its chain) for brokers that require mutual TLS."
+    )
+    ssl_keyfile: Path | None = Field(
+        None, description="Private key (PEM) of ssl_certfile, when it is not inside ssl_certfile."
+    )
+    ssl_password: SecretStr | None = Field(None, description="Password of an encrypted private key (a secret).")
+    ssl_check_hostname: bool = Field(
+        True, description="Check that a broker's certificate names the host connected to (turn off only for tests)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="SASL mechanism, required with SASL_PLAINTEXT and SASL_SSL."
+    )
+    sasl_username: str | None = Field(None, description="User for PLAIN and SCRAM-SHA-256/512.")
+    sasl_password: SecretStr | None = Field(
+        None, description="Password for PLAIN and SCRAM (a secret: prefer STRANDLINE_KAFKA_SASL_PASSWORD or a file)."
+    )
+    sasl_password_file: Path | None = Field(
+        None,
+        description="File holding the password instead (read at each connection; one trailing newline is ignored),"
+        " e.g. /run/credentials/strandline.service/kafka-password or /run/secrets/kafka-password.",
+    )
+    sasl_oauth_token: SecretStr | None = Field(
+        None, description="OAUTHBEARER: a fixed bearer token (a secret), when no token endpoint is used."
+    )
+    sasl_oauth_token_file: Path | None = Field(
+        None, description="OAUTHBEARER: a file holding the token, re-read at each connection (for rotating agents)."
+    )
+    oauth_token_url: str | None = Field(
+        None,
+        description="OAUTHBEARER: OAuth 2 token endpoint for the client-credentials grant; tokens are cached and"
+        " refreshed after 80% of their lifetime. https:// (http:// only on loopback).",
+    )
+    oauth_client_id: str | None = Field(None, description="OAUTHBEARER: client id at oauth_token_url.")
+    oauth_client_secret: SecretStr | None = Field(None, description="OAUTHBEARER: client secret (a secret).")
+    oauth_client_secret_file: Path | None = Field(
+        None, description="OAUTHBEARER: a file holding the client secret instead (read at each token request)."
+    )
+    oauth_scope: str | None = Field(None, description="OAUTHBEARER: scope to request, space-separated.")
+
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> KafkaConfig:
+        problems = self._security_problems()
+        if problems:
+            raise ValueError("[kafka] security settings: " + "; ".join(problems))
+        return self
+
+    def _security_problems(self) -> list[str]:
+        """What is inconsistent in the security settings, each with what to set instead."""
+        problems: list[str] = []
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        mechanism = self.sasl_mechanism
+        if sasl and mechanism is None:
+            problems.append(
+                f"security_protocol = {self.security_protocol!r} needs sasl_mechanism"
+                " (one of 'PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512', 'OAUTHBEARER')"
+            )
+        if not sasl and mechanism is not None:
+            problems.append(
+                f"sasl_mechanism is set but security_protocol = {self.security_protocol!r} does not use SASL:"
+                " set security_protocol = 'SASL_SSL' (or 'SASL_PLAINTEXT')"
+            )
+        tls_set = [
+            name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password") if getattr(self, name)
+        ]
+        if not self.ssl_check_hostname:
+            tls_set.append("ssl_check_hostname")
+        if tls_set and not tls:
+            problems.append(
+                f"{', '.join(tls_set)} set but security_protocol = {self.security_protocol!r} does not use TLS:"
+                " set security_protocol = 'SSL' or 'SASL_SSL'"
+            )
+        if (self.ssl_keyfile or self.ssl_password) and not self.ssl_certfile:
+            problems.append("ssl_keyfile and ssl_password belong to a client certificate: set ssl_certfile too")
+        password_set = [n for n in ("sasl_password", "sasl_password_file") if getattr(self, n) is not None]
+        oauth_set = [
+            name
+            for name in (
+                "sasl_oauth_token",
+                "sasl_oauth_token_file",
+                "oauth_token_url",
+                "oauth_client_id",
+                "oauth_client_secret",
+                "oauth_client_secret_file",
+                "oauth_scope",
+            )
+            if getattr(self, name) is not None
+        ]
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not self.sasl_username:
+                problems.append(f"sasl_mechanism = {mechanism!r} needs sasl_username")
+            if not password_set:
+                problems.append(
+                    f"sasl_mechanism = {mechanism!r} needs sasl_password (or STRANDLINE_KAFKA_SASL_PASSWORD)"
+                    " or sasl_password_file"
+                )
+            if oauth_set:
+                problems.append(f"{', '.join(oauth_set)} apply to sasl_mechanism = 'OAUTHBEARER' only: remove them")
+        elif mechanism == "OAUTHBEARER":
+            if self.sasl_username is not None or password_set:
+                problems.append(
+                    "sasl_username / sasl_password / sasl_password_file do not apply to OAUTHBEARER: remove them"
+                )
+            sources = [n for n in ("sasl_oauth_token", "sasl_oauth_token_file", "oauth_token_url") if n in oauth_set]
+            if len(sources) != 1:
+                problems.append(
+                    "sasl_mechanism = 'OAUTHBEARER' needs exactly one of sasl_oauth_token, sasl_oauth_token_file"
+                    f" or oauth_token_url (set: {', '.join(sources) or 'none'})"
+                )
+            client = [n for n in oauth_set if n.startswith("oauth_") and n != "oauth_token_url"]
+            if self.oauth_token_url is None and client:
+                problems.append(f"{', '.join(client)} need oauth_token_url: set it, or remove them")
+            if self.oauth_token_url is not None:
+                url = self.oauth_token_url
+                loopback = ("http://127.0.0.1", "http://localhost", "http://[::1]")
+                if not (url.startswith("https://") or any(url.startswith((f"{h}:", f"{h}/")) for h in loopback)):
+                    problems.append("oauth_token_url must be https:// (plain http:// only to a loopback address)")
+                if not self.oauth_client_id:
+                    problems.append("oauth_token_url needs oauth_client_id")
+                if (self.oauth_client_secret is None) == (self.oauth_client_secret_file is None):
+                    problems.append("oauth_token_url needs one of oauth_client_secret or oauth_client_secret_file")
+        elif password_set or self.sasl_username is not None or oauth_set:
+            problems.append("SASL credentials are set but sasl_mechanism is not: set sasl_mechanism")
+        if len(password_set) == 2:
+            problems.append("set sasl_password or sasl_password_file, not both")
+        return problems
 
     @property
     def versions_topic(self) -> str:
@@ -96,7 +236,10 @@ class DatasetConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=DATASET_NAME_PATTERN, description="Unique dataset name, used as the Kafka key.")
-    root: Path = Field(description="Folder holding the dataset's files.")
+    root: str = Field(
+        description="Folder holding the dataset's files, or a bucket prefix such as s3://bucket/prefix/"
+        " (see [s3] for the endpoint and credentials)."
+    )
     include: tuple[str, ...] = Field(
         ("**",), description="Globs (relative to root, ** crosses folders) of files that belong to the dataset."
     )
@@ -125,6 +268,24 @@ class DatasetConfig(BaseModel):
         "version",
         description="Validate the whole version (all its tables, concatenated) or only the files the version changed.",
     )
+    detect: Literal["poll", "notifications"] = Field(
+        "poll",
+        description="Bucket roots only: list the prefix every poll_interval_seconds, or follow the S3 event"
+        " notifications of [s3.notifications] (with a slow safety re-list).",
+    )
+    poll_interval_seconds: Annotated[float, Field(ge=0.1, le=86400.0)] | None = Field(
+        None, description="Bucket roots only: seconds between listings (default: [s3] poll_interval_seconds)."
+    )
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _root_text(cls, root: object) -> object:
+        return os.fspath(root) if isinstance(root, os.PathLike) else root
+
+    @property
+    def is_bucket(self) -> bool:
+        """True when root is a URL (s3://, gs://, az://) rather than a local folder."""
+        return "://" in self.root
 
     @field_validator("include", "exclude")
     @classmethod
@@ -364,6 +525,48 @@ class RetrainConfig(_Section):
     )
 
 
+class S3NotificationsConfig(_Section):
+    """Where S3 event notifications (the AWS JSON format MinIO and others send) arrive."""
+
+    topic: str | None = Field(
+        None,
+        min_length=1,
+        description="Kafka topic holding the notification messages (MinIO's Kafka target writes them there).",
+    )
+    bootstrap: str | None = Field(None, description="Brokers of that topic (default: [kafka] bootstrap).")
+    group_id: str | None = Field(
+        None, description="Consumer group of the daemon on that topic (default: strandline-notifications-HOST)."
+    )
+    relist_interval_seconds: Annotated[float, Field(ge=1.0, le=86400.0)] = Field(
+        3600.0, description="Safety re-list of every notified prefix, so a lost notification is caught."
+    )
+
+
+class S3Config(_Section):
+    """How bucket roots (s3://bucket/prefix/) are reached. Credentials come from the usual chain
+    (AWS_* variables, shared credentials file and profile, instance or container role) unless given."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph, R2...), e.g. http://127.0.0.1:9000; default AWS."
+    )
+    region: str | None = Field(None, description="Region of the buckets (default: from the AWS config).")
+    profile: str | None = Field(None, description="Profile of the shared credentials file.")
+    access_key_id: str | None = Field(None, description="Access key id; prefer the environment or a profile.")
+    secret_access_key: SecretStr | None = Field(
+        None, description="Secret access key (never logged); prefer STRANDLINE_S3_SECRET_ACCESS_KEY or a profile."
+    )
+    session_token: SecretStr | None = Field(None, description="Session token of temporary credentials.")
+    anonymous: bool = Field(False, description="Read public buckets without credentials.")
+    poll_interval_seconds: Annotated[float, Field(ge=0.1, le=86400.0)] = Field(
+        10.0,
+        description="Seconds between listings of a polled prefix. Each poll costs one LIST request per"
+        " 1,000 objects, so raise it for big prefixes or use notifications.",
+    )
+    page_size: int = Field(1000, ge=1, le=1000, description="Keys per LIST request (1000 is the most S3 returns).")
+    max_attempts: int = Field(3, ge=1, le=20, description="Tries per request (botocore's standard retry mode).")
+    notifications: S3NotificationsConfig = Field(default_factory=S3NotificationsConfig)
+
+
 class StrandlineConfig(BaseSettings):
     """The whole configuration of a Strandline host."""
 
@@ -373,6 +576,8 @@ class StrandlineConfig(BaseSettings):
         env_prefix="STRANDLINE_",
         env_nested_delimiter="_",
         env_nested_max_split=1,
+        # A validation error must not quote the input: it may hold passwords and webhook URLs.
+        hide_input_in_errors=True,
     )
 
     state_dir: Path | None = Field(
@@ -396,6 +601,7 @@ class StrandlineConfig(BaseSettings):
     )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    s3: S3Config = Field(default_factory=S3Config)
     datasets: tuple[DatasetConfig, ...] = Field((), description="Watched datasets ([[datasets]] tables).")
     consumers: ConsumersConfig = Field(default_factory=ConsumersConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
@@ -409,6 +615,10 @@ class StrandlineConfig(BaseSettings):
             if ds.name in seen:
                 raise ValueError(f"dataset name {ds.name!r} is used twice")
             seen.add(ds.name)
+            if ds.detect == "notifications" and self.s3.notifications.topic is None:
+                raise ValueError(
+                    f"dataset {ds.name!r} has detect = 'notifications' but [s3.notifications] topic is not set"
+                )
         return self
 
     @classmethod

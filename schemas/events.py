@@ -191,6 +191,7 @@ RejectReason = Literal[
     "changed_while_reading",
     "root_missing",
     "io_error",
+    "unsafe_key",
 ]
 
 

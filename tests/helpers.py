@@ -115,7 +115,7 @@ class RunningDaemon:
         """
         probe = next(d for d in self.config.datasets if d.name == "probe")
         n = len(self.versions("probe"))
-        (probe.root / f"barrier-{n}.txt").write_text(str(n))
+        (Path(probe.root) / f"barrier-{n}.txt").write_text(str(n))
         wait_for(lambda: len(self.versions("probe")) > n, what="the probe's version")
         engine = self.daemon.engine
         assert engine is not None

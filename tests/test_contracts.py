@@ -27,7 +27,7 @@ def test_env_overrides_the_config_file_and_keeps_its_other_keys(
     config = load_config(cfg)
     assert config.kafka.bootstrap == "env:2"
     assert config.kafka.topic_prefix == "fromfile"
-    assert config.datasets[0].root == tmp_path / "data" / "sales"
+    assert config.datasets[0].root == str(tmp_path / "data" / "sales")
     assert config.state_dir == tmp_path / ".strandline"
 
 

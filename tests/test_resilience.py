@@ -54,6 +54,11 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
         metrics = _metrics(base)
         assert metrics["strandline_versions_created_total"] >= 1 and metrics["strandline_events_published_total"] >= 1
         assert metrics["strandline_outbox_backlog"] == 0 and metrics["strandline_kafka_degraded"] == 0
+        # One start-up reconcile, one version noticed and recorded, its event(s) acknowledged.
+        assert metrics["strandline_reconcile_seconds_count"] >= 1
+        assert metrics["strandline_detection_latency_seconds_count"] == metrics["strandline_versions_created_total"]
+        assert 0.2 <= metrics["strandline_detection_latency_seconds_sum"] < 30  # the settle window is included
+        assert metrics["strandline_publish_latency_seconds_count"] == metrics["strandline_events_published_total"]
         kafka_broker.stop(broker_dir)
         for burst in range(20):
             for i in range(50):
@@ -70,6 +75,12 @@ def test_broker_down_while_1000_files_arrive_then_everything_is_delivered_once(
         kafka_broker.start(broker_dir)
         wait_for(lambda: running.backlog() == 0, 90, what="backlog delivered")
         wait_for(lambda: _get(base + "/readyz")[0] == 200, 30, what="ready again")
+        after = _metrics(base)
+        # Events that waited out the outage were acknowledged late, and the histogram shows it.
+        assert after["strandline_publish_latency_seconds_count"] == after["strandline_events_published_total"]
+        key = "strandline_publish_latency_seconds_sum"
+        waited = after[key] - during.get(key, 0)
+        assert waited > 1
         versions = running.versions("outage")
         everything = read_events(bootstrap, config.kafka.versions_topic, min_count=len(versions) + 2, settle=1.0)
         events = version_events(everything)

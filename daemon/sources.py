@@ -1,0 +1,140 @@
+"""Where a dataset's files live: one interface for a local folder and for a bucket prefix.
+
+The versioner asks a ``Source`` to list its files (with the stat that vouches for their bytes),
+to look at a few paths, to fingerprint a file and to hand a table file to the readers as a local
+path. Everything after detection (diff, versions, profiles, validation, events) is the same for
+both kinds; only this module and ``daemon.bucket_source`` know which kind a root is.
+
+Errors of the whole root (a bucket unreachable, a listing cut short) raise ``SourceError``: the
+pass is abandoned and retried, never mistaken for "every file was removed".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from daemon.filters import PathFilter
+from daemon.fingerprint import ChangedWhileReadingError, hash_file
+from daemon.manifest import FileState
+from daemon.scanner import FileStat, OnReject, Rejection, stat_error, stat_paths, walk
+from schemas.config import S3Config
+
+# A local file modified this recently may change again within the same mtime tick; its stat is
+# not trusted for the cache ("racy git"), so it is simply re-hashed next time.
+_RACY_NS = 50_000_000
+
+
+class Source(Protocol):
+    """A dataset root, local or remote. Not thread-safe: one versioner drives it."""
+
+    @property
+    def location(self) -> str:
+        """The root as users write it: an absolute folder or ``s3://bucket/prefix/``."""
+        ...
+
+    @property
+    def racy_ns(self) -> int:
+        """How recent a modification time must be for its stat not to be trusted by the cache."""
+        ...
+
+    def missing(self) -> str | None:
+        """Why the root cannot be looked at now (announced as ``root_missing``), or None."""
+        ...
+
+    def walk(self, filt: PathFilter, on_reject: OnReject) -> Iterator[tuple[str, FileStat]]:
+        """Every wanted file with its stat. Raises ``SourceError`` if the listing cannot finish."""
+        ...
+
+    def stat_paths(
+        self, rels: Iterable[str], filt: PathFilter, on_reject: OnReject
+    ) -> tuple[dict[str, FileStat], set[str]]:
+        """The current state of some paths: files found, and paths (or folders) now absent."""
+        ...
+
+    def marker_stat(self, rel: str) -> str | None:
+        """A string that changes whenever the commit marker ``rel`` is rewritten; None if absent."""
+        ...
+
+    def fingerprint(self, rel: str, fs: FileStat, *, keep: bool) -> FileState | Rejection | None:
+        """Hash one file. None when it vanished; a Rejection when it cannot be read.
+
+        ``keep``: the file will be read as a table in this pass, so a remote source keeps a local
+        copy of exactly the hashed bytes for ``table_path``. Raises ``ChangedWhileReadingError``
+        when the file changed while being read (the pass is retried), ``SourceError`` for the root.
+        """
+        ...
+
+    def table_path(self, rel: str, state: FileState) -> str:
+        """A local path holding the bytes of ``rel`` whose hash is ``state.hash``, for the table readers."""
+        ...
+
+    def finish_pass(self) -> None:
+        """Drop anything kept for the pass that just ended."""
+        ...
+
+
+class LocalSource:
+    """A folder on this host, read in place."""
+
+    racy_ns = _RACY_NS
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    @property
+    def location(self) -> str:
+        return self.root
+
+    def missing(self) -> str | None:
+        if os.path.isdir(self.root):
+            return None
+        return f"dataset root {self.root} is missing; versions resume when it is back"
+
+    def walk(self, filt: PathFilter, on_reject: OnReject) -> Iterator[tuple[str, FileStat]]:
+        return walk(self.root, filt, on_reject)
+
+    def stat_paths(
+        self, rels: Iterable[str], filt: PathFilter, on_reject: OnReject
+    ) -> tuple[dict[str, FileStat], set[str]]:
+        return stat_paths(self.root, rels, filt, on_reject)
+
+    def marker_stat(self, rel: str) -> str | None:
+        try:
+            st = os.lstat(os.path.join(self.root, rel))
+        except OSError:
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+    def fingerprint(self, rel: str, fs: FileStat, *, keep: bool) -> FileState | Rejection | None:
+        try:
+            digest, st = hash_file(os.path.join(self.root, rel))
+        except ChangedWhileReadingError:
+            raise
+        except FileNotFoundError:
+            return None  # removed after the listing; its delete event follows
+        except OSError as exc:
+            return stat_error(rel, exc)
+        return FileState(st.st_size, digest, st.st_mtime_ns, st.st_ino)
+
+    def table_path(self, rel: str, state: FileState) -> str:
+        return os.path.join(self.root, rel)
+
+    def finish_pass(self) -> None:
+        return None
+
+
+def open_source(location: str, *, spool_dir: str, settings: S3Config) -> Source:
+    """The source for a dataset root: a ``BucketSource`` for ``s3://...``, else a ``LocalSource``.
+
+    ``spool_dir`` holds a bucket source's temporary copies of table objects; ``settings`` say how
+    to reach buckets.
+    """
+    from daemon.objectstore import is_bucket_url
+
+    if is_bucket_url(location):
+        from daemon.bucket_source import BucketSource  # s3fs is imported only when a bucket is watched
+
+        return BucketSource(location, spool_dir=spool_dir, settings=settings)
+    return LocalSource(location)
