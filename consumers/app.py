@@ -12,6 +12,7 @@ from consumers.metrics import ConsumerMetrics, serve_metrics
 from consumers.runner import ConsumerRunner, Handler
 from consumers.state import ConsumerState
 from daemon.config import state_dir
+from daemon.sdnotify import Notifier, WatchdogPinger
 from daemon.signals import install_stop_handlers
 from schemas.config import StrandlineConfig
 
@@ -73,6 +74,11 @@ def run_consumer(
         runner = ConsumerRunner(
             config.kafka, config.consumers, handler, state, group_id=group_id(config, kind), metrics=metrics
         )
+        # systemd (Type=notify): ready once set up; watchdog pings while the poll loop turns.
+        notifier = Notifier.from_environ()
+        stack.enter_context(WatchdogPinger(notifier, lambda: metrics.healthy))
+        stack.callback(notifier.stopping)
+        notifier.ready(f"consumer {kind}")
         runner.run(stop, idle_timeout=idle_timeout)
         return metrics
     raise AssertionError("unreachable")  # pragma: no cover  (mypy: ExitStack may swallow)

@@ -120,19 +120,26 @@ def test_units_run_sandboxed_as_the_strandline_user_and_restart_on_failure(name:
         "Service.Restart": ["on-failure"],
         "Service.NoNewPrivileges": ["yes"],
         "Service.ProtectSystem": ["strict"],
-        "Service.ProtectHome": ["yes"],
+        "Service.ProtectHome": ["read-only"],
         "Service.PrivateTmp": ["yes"],
         # The only writable path (ProtectSystem=strict makes the data roots read-only).
         "Service.StateDirectory": ["strandline"],
         "Service.EnvironmentFile": ["-/etc/strandline/strandline.env"],
-        # Until the daemon sends sd_notify: then Type=notify and WatchdogSec=.
-        "Service.Type": ["exec"],
+        # daemon/sdnotify.py: READY=1, then WATCHDOG=1 every WatchdogSec/2 while healthy.
+        "Service.Type": ["notify"],
+        "Service.NotifyAccess": ["main"],
+        "Service.WatchdogSec": ["30s"],
     }
     assert {key: unit.get(key) for key in expected} == expected
     env = unit["Service.Environment"]
     assert "STRANDLINE_CONFIG=/etc/strandline/strandline.toml" in env
     assert "STRANDLINE_STATE_DIR=%S/strandline" in env
     assert not {"Service.ReadWritePaths", "Service.DynamicUser"} & unit.keys()
+
+
+def test_the_daemon_reloads_on_sighup() -> None:
+    # The daemon answers SIGHUP with RELOADING=1 ... READY=1 (Type=notify-reload needs systemd 253).
+    assert _unit_directives(DEPLOY / "strandline.service")["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
 @needs_systemd
