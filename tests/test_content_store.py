@@ -1,0 +1,701 @@
+"""The content store on real files: chunking, dedup, appends, crash and disk-full safety, verify, gc, modes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import itertools
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from daemon.chunking import DEFAULT_PARAMS, ChunkParams, chunk_boundaries, iter_buffer_chunks, iter_chunks
+from daemon.content_store import (
+    ContentStore,
+    DamagedObjectError,
+    HardlinkUnsupportedError,
+    ObjectMissingError,
+    PageRef,
+    PutMode,
+    PutResult,
+    Recipe,
+    ReflinkUnsupportedError,
+    SourceChangedError,
+    StoreError,
+    StoreFullError,
+    decode_recipe,
+    encode_recipe,
+    reflink_supported,
+)
+from daemon.errors import UnreadableDataError
+from daemon.fingerprint import hash_file
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+# Small enough that a 2 MiB file is chunked, so chunked paths run on small data.
+SMALL_THRESHOLD = 64 * 1024
+
+
+def csv_bytes(size: int, seed: int) -> bytes:
+    """CSV-like text (rows of varying width) of exactly ``size`` bytes; random, so chunks do not repeat."""
+    rng = random.Random(seed)
+    text = rng.randbytes(size // 2 + 1).hex()
+    out = io.StringIO()
+    pos = row = 0
+    while pos < size:
+        width = rng.randint(30, 120)
+        piece = text[pos : pos + width]
+        out.write(f"{row},{piece[:8]},{piece[8:]}\n")
+        pos += width
+        row += 1
+    return out.getvalue().encode()[:size]
+
+
+def put_file(store: ContentStore, path: Path, mode: PutMode = "copy") -> PutResult:
+    digest, st = hash_file(path)
+    return store.put(path, digest, st.st_size, mode)
+
+
+def content(store: ContentStore, digest: str) -> bytes:
+    with store.open_file(digest) as fh:
+        return fh.read()
+
+
+def object_files(root: Path) -> list[Path]:
+    return [p for kind in ("blob", "recipe", "page", "chunk") for p in (root / kind).rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ContentStore:
+    return ContentStore(tmp_path / "store", chunk_threshold=SMALL_THRESHOLD)
+
+
+# -- chunking -------------------------------------------------------------------------------
+
+
+def test_chunks_cover_the_stream_in_order_within_the_size_bounds() -> None:
+    data = csv_bytes(3 * MiB + 123, seed=1)
+    cuts = list(chunk_boundaries(io.BytesIO(data)))
+    assert cuts[0][0] == 0
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(cuts))
+    assert sum(length for _, length in cuts) == len(data)
+    assert all(DEFAULT_PARAMS.min_size <= length <= DEFAULT_PARAMS.max_size for _, length in cuts[:-1])
+    # A stream and the same bytes in memory are cut the same way.
+    assert [data[o : o + n] for o, n in cuts] == list(iter_buffer_chunks(data))
+
+
+def test_chunking_reads_a_stream_in_bounded_pieces() -> None:
+    class Recording(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.inner = io.BytesIO(data)
+            self.largest = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            self.largest = max(self.largest, len(buffer))
+            return self.inner.readinto(buffer)
+
+    stream = Recording(csv_bytes(8 * MiB, seed=2))
+    total = sum(len(data) for _, data in iter_chunks(stream))
+    assert total == 8 * MiB
+    assert stream.largest <= 2 * DEFAULT_PARAMS.max_size + 8192
+
+
+def test_an_insertion_moves_only_the_chunks_around_it() -> None:
+    data = csv_bytes(4 * MiB, seed=3)
+    edited = data[: 2 * MiB] + b"a new row that was not there before\n" + data[2 * MiB :]
+    before, after = set(iter_buffer_chunks(data)), list(iter_buffer_chunks(edited))
+    new = [c for c in after if c not in before]
+    assert sum(map(len, new)) <= 3 * DEFAULT_PARAMS.max_size
+
+
+def test_chunk_params_are_checked() -> None:
+    with pytest.raises(ValueError, match="min <= avg <= max"):
+        ChunkParams(min_size=64 * 1024, avg_size=16 * 1024, max_size=256 * 1024)
+
+
+# -- put and read back ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, SMALL_THRESHOLD, SMALL_THRESHOLD + 1, 3 * MiB + 7])
+def test_put_then_read_gives_the_same_bytes(store: ContentStore, tmp_path: Path, size: int) -> None:
+    data = csv_bytes(size, seed=size)
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    result = put_file(store, path)
+    assert result.layout == ("chunked" if size > SMALL_THRESHOLD else "blob")
+    assert store.has(result.hash)
+    assert content(store, result.hash) == data
+    assert b"".join(store.iter_content(result.hash)) == data
+
+
+def test_put_is_idempotent(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(csv_bytes(2 * MiB, seed=4))
+    first = put_file(store, path)
+    before = store.stats()
+    again = put_file(store, path)
+    assert first.new_bytes > 0
+    assert (again.method, again.new_bytes) == ("present", 0)
+    assert store.stats() == before
+
+
+def test_the_same_file_in_two_datasets_is_stored_once(store: ContentStore, tmp_path: Path) -> None:
+    shared_big, shared_small = csv_bytes(2 * MiB, seed=5), csv_bytes(10_000, seed=6)
+    for name in ("sales", "sales-copy"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "big.csv").write_bytes(shared_big)
+        (root / "lookup.csv").write_bytes(shared_small)
+    sizes = []
+    for name in ("sales", "sales-copy"):
+        for f in ("big.csv", "lookup.csv"):
+            put_file(store, tmp_path / name / f)
+        sizes.append(store.stats())
+    assert sizes[1] == sizes[0]
+    assert sizes[0].objects == 2
+    assert len(shared_big) + len(shared_small) <= sizes[0].bytes <= 1.05 * (len(shared_big) + len(shared_small))
+
+
+def test_a_one_mib_append_to_a_40_mib_csv_adds_at_most_1_2_mib(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "store")  # the real threshold and chunk sizes
+    path = tmp_path / "events.csv"
+    data = csv_bytes(41 * MiB, seed=7)
+    path.write_bytes(data[: 40 * MiB])
+    first = put_file(store, path)
+    assert first.layout == "chunked"
+    before = store.stats().bytes
+    with open(path, "ab") as fh:
+        fh.write(data[40 * MiB :])
+    second = put_file(store, path)
+    added = store.stats().bytes - before
+    assert second.new_bytes == added
+    assert 1 * MiB <= added <= 1.2 * MiB, f"{added} new bytes for a 1 MiB append"
+    assert content(store, second.hash) == data
+    assert content(store, first.hash) == data[: 40 * MiB]
+
+
+def test_a_file_that_changed_since_it_was_hashed_is_refused(store: ContentStore, tmp_path: Path) -> None:
+    small, big = tmp_path / "small.csv", tmp_path / "big.csv"
+    small.write_bytes(b"a,b\n1,2\n")
+    big.write_bytes(csv_bytes(2 * MiB, seed=8))
+    for path in (small, big):
+        digest, st = hash_file(path)
+        data = path.read_bytes()
+        path.write_bytes(data[:-1] + b"!")  # same size, other bytes
+        with pytest.raises(SourceChangedError, match="changed while it was being stored"):
+            store.put(path, digest, st.st_size)
+        with pytest.raises(SourceChangedError):
+            store.put(path, digest, st.st_size + 1)  # other size
+        assert not store.has(digest)
+    assert object_files(Path(store.root)) == []
+    assert list((Path(store.root) / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [5000, 2 * MiB], ids=["blob", "chunked"])
+def test_bytes_from_a_stream_are_stored_and_checked(store: ContentStore, size: int) -> None:
+    data = csv_bytes(size, seed=23)
+    digest = xxhash.xxh3_128_hexdigest(data)
+    with pytest.raises(SourceChangedError, match="hash to"):
+        store.put_stream(io.BytesIO(data[:-1] + b"?"), digest, size, name="s3://b/k.csv")
+    with pytest.raises(SourceChangedError, match="bytes were read"):
+        store.put_stream(io.BytesIO(data + b"more"), digest, size)
+    assert object_files(Path(store.root)) == []
+    result = store.put_stream(io.BytesIO(data), digest, size)
+    assert (result.hash, result.size) == (digest, size)
+    assert content(store, digest) == data
+
+    class Broken(io.RawIOBase):
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
+
+    with pytest.raises(UnreadableDataError, match=r"cannot read s3://b/other\.csv"):
+        store.put_stream(Broken(), "cd" * 16, size, name="s3://b/other.csv")
+
+
+def test_an_unreadable_source_is_reported_as_such(store: ContentStore, tmp_path: Path) -> None:
+    with pytest.raises(UnreadableDataError, match="cannot open"):
+        store.put(tmp_path / "missing.csv", "0" * 32, 1)
+    (tmp_path / "link").symlink_to(tmp_path)
+    with pytest.raises(UnreadableDataError):
+        store.put(tmp_path / "link", "0" * 32, 1)
+    with pytest.raises(ValueError, match="not an XXH3-128"):
+        store.has("../../etc/passwd")
+
+
+def test_reading_a_hash_that_is_not_stored_raises(store: ContentStore) -> None:
+    with pytest.raises(ObjectMissingError, match="no content stored"):
+        store.open_file("ab" * 16)
+
+
+# -- crashes and full disks -----------------------------------------------------------------
+
+_KILL_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    from daemon.content_store import ContentStore
+    from daemon.fingerprint import hash_file
+
+    root, source, ready, threshold = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    store = ContentStore(root, chunk_threshold=threshold)
+
+    def stuck(fd):  # the bytes are in the temp file; the parent kills us before they are committed
+        open(ready, "w").close()
+        time.sleep(60)
+
+    os.fsync = stuck
+    digest, st = hash_file(source)
+    store.put(source, digest, st.st_size)
+    """
+)
+
+
+@pytest.mark.parametrize("size", [32 * 1024, 2 * MiB], ids=["blob", "chunked"])
+def test_a_put_killed_mid_write_leaves_no_object_and_its_temp_is_cleaned_on_open(tmp_path: Path, size: int) -> None:
+    root, source, ready = tmp_path / "store", tmp_path / "f.csv", tmp_path / "ready"
+    source.write_bytes(csv_bytes(size, seed=9))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILL_CHILD, str(root), str(source), str(ready), str(SMALL_THRESHOLD)], cwd=REPO
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert child.poll() is None, "the child ended before it was killed"
+            assert time.monotonic() < deadline, "the child never reached its first fsync"
+            time.sleep(0.02)
+        assert list((root / "tmp").iterdir()), "the interrupted write should have a temp file"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(10)
+    digest, _st = hash_file(source)
+    reopened = ContentStore(root, chunk_threshold=SMALL_THRESHOLD)
+    assert reopened.backend.removed_temps >= 1
+    assert list((root / "tmp").iterdir()) == []
+    assert not reopened.has(digest)
+    assert object_files(root) == []
+    put_file(reopened, source)
+    assert content(reopened, digest) == source.read_bytes()
+
+
+def test_a_live_writers_temp_file_is_kept_on_open(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "store")
+    mine = Path(store.backend.temp_path())
+    mine.write_bytes(b"being written")
+    dead = Path(store.root) / "tmp" / "999999999.abc.tmp"  # above pid_max: no such process
+    dead.write_bytes(b"left by a crash")
+    reopened = ContentStore(tmp_path / "store")
+    assert reopened.backend.removed_temps == 1
+    assert mine.exists() and not dead.exists()
+
+
+def test_a_failure_after_the_temp_write_leaves_no_object(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"x" * 1000)
+
+    def broken_rename(temp: str, kind: str, digest: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store.backend, "install", broken_rename)
+    with pytest.raises(StoreError, match="Input/output error"):
+        put_file(store, path)
+    assert object_files(Path(store.root)) == []
+    assert list((Path(store.root) / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [32 * 1024, 2 * MiB], ids=["blob", "chunked"])
+def test_a_full_disk_raises_store_full_and_keeps_nothing(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    path = tmp_path / "f.csv"
+    data = csv_bytes(size, seed=10)
+    path.write_bytes(data)
+    before = os.stat(path)
+    tmp_dir = os.path.join(store.root, "tmp")
+    real_write = os.write
+    writes = 0
+
+    def write_until_full(fd: int, payload: bytes | memoryview) -> int:
+        # Only the store's temp files run out of space, after a few chunks went through.
+        nonlocal writes
+        target = ""
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(tmp_dir):
+            writes += 1
+            if writes > 5 or size < SMALL_THRESHOLD:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, payload)
+
+    monkeypatch.setattr(os, "write", write_until_full)
+    with pytest.raises(StoreFullError, match="no space left"):
+        put_file(store, path)
+    monkeypatch.undo()
+    assert object_files(Path(store.root)) == [], "chunks written before the failure must be removed"
+    assert list((Path(store.root) / "tmp").iterdir()) == []
+    after = os.stat(path)
+    assert path.read_bytes() == data
+    assert (after.st_mode, after.st_mtime_ns, after.st_size) == (before.st_mode, before.st_mtime_ns, before.st_size)
+
+
+def _private_mount_or_skip(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (sh) in a private mount namespace (its mounts vanish with it); skip where that is not allowed."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-ec", script, "sh", *args], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+
+
+_TMPFS_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from daemon.content_store import ContentStore, StoreFullError
+    from daemon.fingerprint import hash_file
+
+    store = ContentStore(sys.argv[1], chunk_threshold=64 * 1024)
+    for source in sys.argv[2:]:
+        digest, st = hash_file(source)
+        try:
+            store.put(source, digest, st.st_size)
+        except StoreFullError:
+            pass
+        else:
+            raise SystemExit(f"{source} fit on a 1 MiB filesystem")
+        leftovers = [f for d, _, fs in os.walk(sys.argv[1]) for f in fs if f != "FORMAT"]
+        assert leftovers == [], leftovers
+    print("full and clean")
+    """
+)
+
+
+def test_a_really_full_filesystem_raises_store_full_and_keeps_nothing(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    blob, chunked = tmp_path / "blob.csv", tmp_path / "chunked.csv"
+    blob.write_bytes(csv_bytes(SMALL_THRESHOLD, seed=11))
+    chunked.write_bytes(csv_bytes(3 * MiB, seed=12))
+    filler = 'dd if=/dev/zero of="$1/filler" bs=1024 count=960 status=none'
+    done = _private_mount_or_skip(
+        f'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; {filler}; '
+        f'"{sys.executable}" -c "$2" "$1/store" "$3"; rm "$1/filler"; "{sys.executable}" -c "$2" "$1/store" "$4"',
+        str(mnt),
+        _TMPFS_CHILD,
+        str(blob),
+        str(chunked),
+    )
+    if done.returncode == 77:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("full and clean") == 2
+
+
+# -- verify, damage, delete and gc ----------------------------------------------------------
+
+
+def _flip_a_byte(path: Path, offset: int = 100) -> None:
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_a_flipped_byte_in_a_blob_is_reported_and_never_read_back(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(csv_bytes(20_000, seed=13))
+    result = put_file(store, path)
+    assert store.verify() == []
+    _flip_a_byte(Path(store.root) / "blob" / result.hash[:2] / result.hash)
+    problems = store.verify()
+    assert [(p.digest, p.kind, p.obj) for p in problems] == [(result.hash, "damaged", f"blob/{result.hash}")]
+    with pytest.raises(DamagedObjectError, match=result.hash):
+        content(store, result.hash)
+
+
+def test_a_flipped_byte_in_a_shared_chunk_names_every_file_that_uses_it(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    data = csv_bytes(2 * MiB, seed=14)
+    path.write_bytes(data)
+    first = put_file(store, path)
+    path.write_bytes(data + b"one more row\n")
+    second = put_file(store, path)
+    victim = sorted(_chunks_of(store, first.hash) & _chunks_of(store, second.hash))[0]
+    _flip_a_byte(Path(store.root) / "chunk" / victim[:2] / victim, 10)
+    problems = store.verify()
+    assert sorted((p.digest, p.kind, p.obj) for p in problems) == sorted(
+        (r.hash, "damaged", f"chunk/{victim}") for r in (first, second)
+    )
+    for r in (first, second):
+        with pytest.raises(DamagedObjectError, match=victim):
+            content(store, r.hash)
+
+
+def _chunks_of(store: ContentStore, digest: str) -> set[str]:
+    recipe = decode_recipe(store.backend.read("recipe", digest))
+    return {d.hex() for ref in recipe.pages for d, _ in store._page(ref, digest)}
+
+
+def test_a_missing_chunk_is_reported(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(csv_bytes(2 * MiB, seed=15))
+    result = put_file(store, path)
+    victim = sorted(_chunks_of(store, result.hash))[0]
+    store.backend.delete("chunk", victim)
+    assert [(p.digest, p.kind, p.obj) for p in store.verify()] == [(result.hash, "missing", f"chunk/{victim}")]
+    with pytest.raises(ObjectMissingError, match=victim):
+        content(store, result.hash)
+
+
+def test_a_damaged_recipe_is_reported(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(csv_bytes(2 * MiB, seed=16))
+    result = put_file(store, path)
+    _flip_a_byte(Path(store.root) / "recipe" / result.hash[:2] / result.hash, 30)
+    assert [(p.digest, p.kind) for p in store.verify()] == [(result.hash, "damaged")]
+    with pytest.raises(DamagedObjectError, match="recipe"):
+        content(store, result.hash)
+
+
+def test_recipes_round_trip_and_refuse_damage() -> None:
+    recipe = Recipe(300, (PageRef(b"\x01" * 16, 100, 2), PageRef(b"\x02" * 16, 200, 3)))
+    data = encode_recipe(recipe)
+    assert decode_recipe(data) == recipe
+    for bad in (data[:-1], data[:10], b"x" + data[1:], data[:20] + b"\xff" + data[21:]):
+        with pytest.raises(ValueError):
+            decode_recipe(bad)
+
+
+def test_deleting_a_version_keeps_the_chunks_another_version_shares(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    data = csv_bytes(3 * MiB, seed=17)
+    path.write_bytes(data)
+    old = put_file(store, path)
+    path.write_bytes(data + csv_bytes(300_000, seed=18))
+    new = put_file(store, path)
+    shared = _chunks_of(store, old.hash) & _chunks_of(store, new.hash)
+    assert len(shared) > 10
+    result = store.delete([old.hash])
+    assert result.objects == 1
+    assert not store.has(old.hash)
+    assert content(store, new.hash) == path.read_bytes()
+    assert store.verify() == []
+    left = {p.name for p in (Path(store.root) / "chunk").rglob("*") if p.is_file()}
+    assert left == _chunks_of(store, new.hash)
+    gone = store.gc(live=[])
+    assert gone.objects == 1
+    assert store.stats().bytes == 0
+
+
+def test_gc_keeps_what_is_live_and_frees_the_rest(store: ContentStore, tmp_path: Path) -> None:
+    kept, dropped = tmp_path / "kept.csv", tmp_path / "dropped.csv"
+    kept.write_bytes(csv_bytes(2 * MiB, seed=19))
+    dropped.write_bytes(csv_bytes(2 * MiB, seed=20))
+    small = tmp_path / "small.csv"
+    small.write_bytes(b"a\n")
+    live = [put_file(store, kept).hash, put_file(store, small).hash]
+    put_file(store, dropped)
+    before = store.stats()
+    result = store.gc(live)
+    after = store.stats()
+    assert (after.objects, result.objects) == (2, 1)
+    assert before.bytes - after.bytes == result.bytes >= 2 * MiB
+    assert content(store, live[0]) == kept.read_bytes()
+    assert store.verify() == []
+
+
+# -- reflink --------------------------------------------------------------------------------
+
+
+def test_reflink_probe_answers_and_copy_is_the_fallback(store: ContentStore, tmp_path: Path) -> None:
+    supported = reflink_supported(store.root)
+    assert isinstance(supported, bool)
+    assert [p.name for p in Path(store.root).iterdir() if p.name.startswith(".reflink")] == []
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"id,v\n1,2\n")
+    if supported:
+        assert put_file(store, path, "reflink").method == "reflink"
+        return
+    with pytest.raises(ReflinkUnsupportedError, match="reflink not supported"):
+        put_file(store, path, "reflink")
+    assert object_files(Path(store.root)) == []
+    assert put_file(store, path, "copy").method == "copy"
+    assert content(store, hash_file(path)[0]) == b"id,v\n1,2\n"
+
+
+_XFS_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from daemon.content_store import ContentStore, reflink_supported
+    from daemon.fingerprint import hash_file
+
+    mnt = sys.argv[1]
+    assert reflink_supported(mnt)
+    store = ContentStore(os.path.join(mnt, "store"), chunk_threshold=64 * 1024)
+    path = os.path.join(mnt, "f.csv")
+    with open(path, "wb") as fh:
+        fh.write(b"a,b\\n" * 5000)
+    digest, st = hash_file(path)
+    result = store.put(path, digest, st.st_size, "reflink")
+    assert (result.method, result.new_bytes) == ("reflink", 0), result
+    with open(path, "r+b") as fh:  # an in-place edit of the user's file
+        fh.write(b"X")
+    with store.open_file(digest) as fh:
+        assert fh.read() == b"a,b\\n" * 5000
+    assert store.verify() == []
+    print("cloned and intact")
+    """
+)
+
+
+def test_reflink_on_a_filesystem_that_clones(tmp_path: Path) -> None:
+    if shutil.which("mkfs.xfs") is None:
+        pytest.skip("mkfs.xfs is not installed (apt-get install xfsprogs) to make a reflink filesystem")
+    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    mnt.mkdir()
+    with open(image, "wb") as fh:
+        fh.truncate(300 * MiB)  # sparse: XFS's smallest size
+    made = subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    done = _private_mount_or_skip(
+        f'mount -o loop "$1" "$2" || exit 77; "{sys.executable}" -c "$3" "$2"', str(image), str(mnt), _XFS_CHILD
+    )
+    if done.returncode == 77:
+        pytest.skip(f"cannot loop-mount a filesystem here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert "cloned and intact" in done.stdout
+
+
+# -- hardlink -------------------------------------------------------------------------------
+
+# sh, not Python: the unprivileged user may not reach our interpreter. "1<>" opens read-write without truncating.
+_IN_PLACE_WRITE = 'if printf X 1<>"$1"; then echo written; else echo denied; fi'
+
+
+def _write_in_place_as_owner(path: Path) -> str:
+    """Try an in-place write as the file's owner without privileges (as nobody when we are root)."""
+    if os.geteuid() != 0:
+        return subprocess.run(["sh", "-c", _IN_PLACE_WRITE, "sh", str(path)], capture_output=True, text=True).stdout
+    os.chown(path, 65534, 65534)
+    done = subprocess.run(
+        ["sh", "-c", _IN_PLACE_WRITE, "sh", str(path)],
+        capture_output=True,
+        text=True,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        cwd="/",
+    )
+    return done.stdout
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder that an unprivileged user can reach (pytest's tmp_path is private to us)."""
+    folder = Path(tempfile.mkdtemp(prefix="strandline-hardlink-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_hardlink_mode_makes_in_place_writes_fail_and_keeps_the_stored_bytes(shared_dir: Path) -> None:
+    store = ContentStore(shared_dir / "store", chunk_threshold=SMALL_THRESHOLD)
+    control, path = shared_dir / "control.csv", shared_dir / "data.csv"
+    for f in (control, path):
+        f.write_bytes(b"id,v\n1,2\n")
+        f.chmod(0o644)
+    assert _write_in_place_as_owner(control).strip() == "written", "the writer must be able to write unprotected files"
+    result = put_file(store, path, "hardlink")
+    stored = Path(store.root) / "blob" / result.hash[:2] / result.hash
+    assert (result.method, result.new_bytes) == ("hardlink", 0)
+    assert os.stat(stored).st_ino == os.stat(path).st_ino
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o222 == 0
+    assert _write_in_place_as_owner(path).strip() == "denied"
+    assert content(store, result.hash) == b"id,v\n1,2\n"
+    # A writer that replaces the file gets a new inode; the store keeps the old one.
+    replacement = shared_dir / "data.csv.new"
+    replacement.write_bytes(b"id,v\n3,4\n")
+    os.replace(replacement, path)
+    assert content(store, result.hash) == b"id,v\n1,2\n"
+    assert store.verify() == []
+
+
+def test_a_deliberate_in_place_write_to_a_hardlinked_file_is_caught(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"id,v\n1,2\n")
+    result = put_file(store, path, "hardlink")
+    path.chmod(0o644)  # what root, or an owner who insists, can do
+    with open(path, "r+b") as fh:
+        fh.write(b"X")
+    assert [(p.digest, p.kind) for p in store.verify()] == [(result.hash, "damaged")]
+    with pytest.raises(DamagedObjectError):
+        content(store, result.hash)
+
+
+def test_hardlink_mode_stores_a_large_file_as_chunks_without_touching_it(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_bytes(csv_bytes(2 * MiB, seed=21))
+    mode = os.stat(path).st_mode
+    result = put_file(store, path, "hardlink")
+    assert (result.layout, result.method) == ("chunked", "chunked")
+    assert os.stat(path).st_mode == mode
+    assert content(store, result.hash) == path.read_bytes()
+
+
+def test_hardlink_across_filesystems_is_refused_and_the_file_left_alone(tmp_path: Path) -> None:
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm to put the store on another filesystem")
+    other = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="strandline-test-"))
+    try:
+        if os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the same filesystem here")
+        store = ContentStore(other / "store")
+        path = tmp_path / "f.csv"
+        path.write_bytes(b"a\n")
+        mode = os.stat(path).st_mode
+        with pytest.raises(HardlinkUnsupportedError, match="store it by copy"):
+            put_file(store, path, "hardlink")
+        assert os.stat(path).st_mode == mode
+        assert object_files(Path(store.root)) == []
+        assert put_file(store, path, "copy").method == "copy"
+    finally:
+        shutil.rmtree(other)
+
+
+def test_stats_count_objects_and_their_bytes(store: ContentStore, tmp_path: Path) -> None:
+    assert store.stats().bytes == 0
+    small, big = tmp_path / "s.csv", tmp_path / "b.csv"
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(csv_bytes(2 * MiB, seed=22))
+    put_file(store, small)
+    put_file(store, big)
+    stats = store.stats()
+    assert (stats.objects, stats.blobs, stats.recipes) == (2, 1, 1)
+    assert stats.blob_bytes == 1000
+    assert stats.chunk_bytes == 2 * MiB
+    assert stats.chunks >= 2 * MiB // DEFAULT_PARAMS.max_size
+    assert stats.bytes == 1000 + 2 * MiB + stats.recipe_bytes + stats.page_bytes
+    assert xxhash.xxh3_128_hexdigest(content(store, hash_file(big)[0])) == hash_file(big)[0]
