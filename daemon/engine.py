@@ -62,6 +62,12 @@ class _Pending:
     def any(self) -> bool:
         return self.full or bool(self.paths)
 
+    def touch(self, now: float) -> None:
+        """An event arrived: it starts the change-set if none is pending, and restarts its quiet period."""
+        if not self.any:
+            self.first_event = now
+        self.last_event = now
+
 
 @dataclass
 class _Dataset:
@@ -230,9 +236,7 @@ class Engine:
         now = time.monotonic()
         with self._cond:
             p = d.pending
-            if not p.any:
-                p.first_event = now
-            p.last_event = now
+            p.touch(now)
             # A folder (or everything) already due for a walk covers the files below it: a
             # folder of 20,000 files being written costs one walk, not 20,000 extra stats.
             if not (p.full or _below_any(rel, p.paths)):
@@ -251,9 +255,7 @@ class Engine:
         now = time.monotonic()
         with self._cond:
             p = d.pending
-            if not p.any:
-                p.first_event = now
-            p.last_event = now
+            p.touch(now)
             if not p.full:
                 p.paths |= rels
             self._cond.notify()
