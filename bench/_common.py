@@ -406,3 +406,189 @@ def summarize_collapsed(path: Path, top: int = 15) -> str:
     lines.append("  own time (the frame on top of the stack):")
     lines += [f"    {n / total:6.1%}  {f}" for f, n in own.most_common(top)]
     return "\n".join(lines)
+
+
+# -- child processes: peak memory and CPU ---------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def vmhwm_kib(pid: int | str = "self") -> int:
+    """Peak resident memory (VmHWM) of a process, KiB.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its
+    parent's peak; VmHWM starts afresh in the new program.
+    """
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """utime + stime of a process (all its threads) from /proc/PID/stat, seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def run_json_child(
+    argv: Sequence[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``argv``; its last stdout line is a JSON object, returned. Its stderr is shown on failure.
+
+    ``on_start`` gets the child's pid as soon as it runs (to attach a profiler, say).
+    """
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if on_start is not None:
+        on_start(proc.pid)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- S3: the project's test server (moto) ----------------------------------------------------
+
+S3_SERVER_SCRIPT = REPO / "scripts" / "s3_server.py"
+
+# Any key pair works with the test server; these are never real.
+FAKE_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIASTRANDLINEBENCH1",
+    "AWS_SECRET_ACCESS_KEY": "strandline-bench-secret-not-real",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",  # no probe of the instance-metadata address
+}
+
+
+def use_fake_s3_credentials() -> None:
+    """Put the fake key pair in this process's environment (children inherit it); hide the user's AWS setup."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        os.environ.pop(name, None)
+    os.environ.update(FAKE_S3_ENV)
+
+
+@dataclass
+class S3Server:
+    """A moto server started by ``s3_server``: its endpoint, and its access log to count requests by."""
+
+    endpoint: str
+    directory: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "server.log"
+
+    @property
+    def pid(self) -> int:
+        return int((self.directory / "server.pid").read_text())
+
+    def mark(self) -> int:
+        """A position in the access log: pass it to ``requests`` to count what came after."""
+        return self.log_path.stat().st_size
+
+    def requests(self, bucket: str, since: int, until: int | None = None) -> dict[str, int]:
+        """Requests for ``bucket`` logged between two marks: list, get, head, put, other."""
+        with self.log_path.open("rb") as fh:
+            fh.seek(since)
+            text = fh.read(None if until is None else until - since).decode(errors="replace")
+        return count_s3_requests(text, bucket)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def count_s3_requests(log_text: str, bucket: str) -> dict[str, int]:
+    """Count path-style requests for ``bucket`` in werkzeug access-log lines (``"GET /bucket/key HTTP/1.1"``).
+
+    A listing is ``GET /bucket?list-type=2...``; an object read ``GET /bucket/key``.
+    """
+    counts = {"list": 0, "get": 0, "head": 0, "put": 0, "other": 0}
+    for line in log_text.splitlines():
+        _, quote, request = line.partition('"')
+        if not quote:
+            continue
+        method, _, rest = request.partition(" ")
+        path = rest.split(" ", 1)[0]
+        if not (path == f"/{bucket}" or path.startswith((f"/{bucket}/", f"/{bucket}?"))):
+            continue
+        if method == "GET" and "list-type=" in path:
+            counts["list"] += 1
+        elif method == "GET" and path.startswith(f"/{bucket}/") and len(path) > len(bucket) + 2:
+            counts["get"] += 1
+        elif method == "HEAD" and path.startswith(f"/{bucket}/"):
+            counts["head"] += 1
+        elif method == "PUT" and path.startswith(f"/{bucket}/"):
+            counts["put"] += 1
+        else:
+            counts["other"] += 1
+    return counts
+
+
+@contextlib.contextmanager
+def s3_server(directory: Path) -> Iterator[S3Server]:
+    """A moto S3 server for this run (``scripts/s3_server.py``), its pid and log in ``directory``; stopped after."""
+    out = subprocess.run(
+        [sys.executable, str(S3_SERVER_SCRIPT), "start", "--dir", str(directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    endpoint = out.stdout.strip().splitlines()[-1]
+    note(f"S3 server (moto) at {endpoint}, log {directory / 'server.log'}")
+    try:
+        yield S3Server(endpoint, directory)
+    finally:
+        subprocess.run([sys.executable, str(S3_SERVER_SCRIPT), "stop", "--dir", str(directory)], check=False)
+
+
+# -- Kafka topics ---------------------------------------------------------------------------
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    """Create ``topic`` (no error if it exists) and wait until the broker knows its partitions."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="strandline-bench")
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="strandline-bench")
+    try:
+        deadline = time.monotonic() + 30
+        while not consumer.partitions_for_topic(topic):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions after 30 s")
+            time.sleep(0.1)
+    finally:
+        consumer.close()
+
+
+def delete_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (a run's own); return their names."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="strandline-bench")
+    try:
+        doomed = sorted(t for t in admin.list_topics() if t.startswith(prefix))
+        if doomed:
+            admin.delete_topics(doomed)
+        return doomed
+    finally:
+        admin.close()
