@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,19 +178,24 @@ def kafka_broker(bootstrap: str | None) -> Iterator[str]:
         return
     directory = Path(tempfile.mkdtemp(prefix="strandline-bench-kafka-"))
     note(f"starting a Kafka broker in {directory} …")
-    out = subprocess.run(
-        [sys.executable, str(BROKER_SCRIPT), "start", "--dir", str(directory)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    started = out.stdout.strip().splitlines()[-1]
-    note(f"Kafka broker at {started}")
     try:
-        yield started
+        with _script_server(BROKER_SCRIPT, directory) as started:
+            note(f"Kafka broker at {started}")
+            yield started
     finally:
-        subprocess.run([sys.executable, str(BROKER_SCRIPT), "stop", "--dir", str(directory)], check=False)
-        subprocess.run(["rm", "-rf", str(directory)], check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _script_server(script: Path, directory: Path) -> Iterator[str]:
+    """``script start --dir directory`` (a server script of scripts/), its address, then ``stop``."""
+    out = subprocess.run(
+        [sys.executable, str(script), "start", "--dir", str(directory)], check=True, capture_output=True, text=True
+    )
+    try:
+        yield out.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([sys.executable, str(script), "stop", "--dir", str(directory)], check=False)
 
 
 def unique_prefix(name: str) -> str:
@@ -539,18 +545,9 @@ def count_s3_requests(log_text: str, bucket: str) -> dict[str, int]:
 @contextlib.contextmanager
 def s3_server(directory: Path) -> Iterator[S3Server]:
     """A moto S3 server for this run (``scripts/s3_server.py``), its pid and log in ``directory``; stopped after."""
-    out = subprocess.run(
-        [sys.executable, str(S3_SERVER_SCRIPT), "start", "--dir", str(directory)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    endpoint = out.stdout.strip().splitlines()[-1]
-    note(f"S3 server (moto) at {endpoint}, log {directory / 'server.log'}")
-    try:
+    with _script_server(S3_SERVER_SCRIPT, directory) as endpoint:
+        note(f"S3 server (moto) at {endpoint}, log {directory / 'server.log'}")
         yield S3Server(endpoint, directory)
-    finally:
-        subprocess.run([sys.executable, str(S3_SERVER_SCRIPT), "stop", "--dir", str(directory)], check=False)
 
 
 # -- Kafka topics ---------------------------------------------------------------------------

@@ -100,6 +100,17 @@ def model_hash(path: Path) -> str | None:
     return None
 
 
+def _inherited_environment() -> dict[str, str]:
+    """The consumer's environment minus its own secrets and service plumbing.
+
+    The consumer's STRANDLINE_* variables hold Kafka passwords and alert webhook URLs, and a run's
+    log tail goes into events and alerts: a training script that prints its environment must not
+    publish them. NOTIFY_SOCKET/WATCHDOG_* belong to the consumer's systemd unit, not to the run.
+    """
+    private = ("STRANDLINE_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_FDS", "LISTEN_PID", "CREDENTIALS_DIRECTORY")
+    return {k: v for k, v in os.environ.items() if not k.startswith(private)}
+
+
 def _tail(log_path: Path) -> str:
     try:
         with log_path.open("rb") as fh:
@@ -137,7 +148,7 @@ def run_command(
     event_file = context.runs_dir / f"{context.run_id}.event.json"
     event_file.write_text(json.dumps(context.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
     log_path = context.runs_dir / f"{context.run_id}.log"
-    env = {**os.environ, **action.env, **context.environment()}
+    env = {**_inherited_environment(), **action.env, **context.environment()}
     with log_path.open("wb") as log_file:
         try:
             proc = subprocess.Popen(  # an argument list, never a shell: event data stays data

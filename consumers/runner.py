@@ -155,6 +155,7 @@ class ConsumerRunner:
         self._consumer: Any = None
         self._producer: Any = None
         self._stop = threading.Event()
+        self._topics_made: set[str] = set()
         state.execute(
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " topic TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, headers TEXT NOT NULL)"
@@ -166,6 +167,7 @@ class ConsumerRunner:
         """Consume until ``stop`` is set (or, with ``idle_timeout``, after that long without records)."""
         self._stop = stop
         ensure_topics(self.kafka, [*self.handler.topics, self.kafka.dead_letter_topic])
+        self._topics_made.update([*self.handler.topics, self.kafka.dead_letter_topic])
         self._consumer = make_consumer(
             self.kafka,
             *self.handler.topics,
@@ -186,17 +188,18 @@ class ConsumerRunner:
                         if stop.is_set():
                             return
                         if not self._process(record):
-                            break  # the rest of this partition's batch is fetched again
+                            self._rewind(record)  # this record and the rest of its batch come again
+                            break
                 if batches:
                     idle_since = time.monotonic()
-                self._tick()
+                self._guarded(self._tick)
                 now = time.monotonic()
                 if now - last_lag > _LAG_EVERY_SECONDS:
                     last_lag = now
-                    self._update_lag()
+                    self._guarded(self._update_lag)
                 if now - last_prune > _PRUNE_EVERY_SECONDS:
                     last_prune = now
-                    self.state.prune()
+                    self._guarded(self.state.prune)
                 self.metrics.heartbeat()
                 if idle_timeout is not None and now - idle_since > idle_timeout:
                     return
@@ -302,6 +305,27 @@ class ConsumerRunner:
             self._enqueue(self.handler.tick())
         self._flush_outbox()
 
+    def _guarded(self, work: Callable[[], object]) -> None:
+        """Timers, lag and pruning: a failure is logged and tried again next turn, never fatal."""
+        try:
+            work()
+        except PublishError:
+            raise  # stopping with undelivered events: run() ends, they go out at the next start
+        except Exception:
+            log.exception("consumer %s: %s failed; trying again next turn", self.handler.name, work.__name__)
+
+    def _rewind(self, record: Any) -> None:
+        """Fetch ``record`` again: poll() already moved past it, and its commit did not happen.
+
+        After a refused commit (a rebalance) the partition may be someone else's now: nothing to do.
+        The record comes back as a duplicate when it was already acted on, and is committed then.
+        """
+        from kafka import TopicPartition
+
+        tp = TopicPartition(record.topic, record.partition)
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, record.offset)
+
     def _commit(self, record: Any) -> bool:
         from kafka import OffsetAndMetadata, TopicPartition
         from kafka.errors import CommitFailedError, KafkaError
@@ -374,6 +398,7 @@ class ConsumerRunner:
                 if (deadline is not None and time.monotonic() > deadline) or (deadline is None and self._stop.is_set()):
                     raise
                 log.warning("cannot publish %d events yet: %s; retrying in %.1f s", len(rows), exc, backoff)
+                self.metrics.heartbeat()  # waiting on Kafka is not a hung loop
                 if deadline is None:
                     self._stop.wait(backoff)
                 else:
@@ -385,6 +410,11 @@ class ConsumerRunner:
 
         if self._producer is None:
             self._producer = make_producer(self.kafka)
+        # Output topics (drift, models) are created like the inputs: a broker may not auto-create.
+        new_topics = sorted({row[1] for row in rows} - self._topics_made)
+        if new_topics:
+            ensure_topics(self.kafka, new_topics)
+            self._topics_made.update(new_topics)
         try:
             futures = [
                 self._producer.send(

@@ -39,8 +39,8 @@ from typing import Final, Literal
 import numpy as np
 
 # No stubs for scipy; unused-ignore keeps this clean once pyproject's mypy overrides list scipy.
-from scipy import stats  # type: ignore[import-untyped, unused-ignore]
-from scipy.spatial import distance  # type: ignore[import-untyped, unused-ignore]
+from scipy import stats
+from scipy.spatial import distance
 
 from consumers.distributions import CategoryCounts, Distribution, category_counts, sturges_edges
 from daemon.profile import distinct_estimate

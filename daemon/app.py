@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from daemon.catalog import Catalog, VersionRow
 from daemon.config import catalog_path, discover_datasets, load_config, state_dir
-from daemon.engine import Engine
+from daemon.engine import STALL_SECONDS, Engine
 from daemon.errors import CatalogError, ConfigError, StrandlineError
 from daemon.publisher import Publisher
 from daemon.sdnotify import Notifier, WatchdogPinger
@@ -33,9 +33,6 @@ from schemas.events import FileChange
 
 log = logging.getLogger(__name__)
 
-# The watchdog stops pinging (and systemd restarts the daemon) when the engine loop has not come
-# round for this long. A pass hashing a huge change-set blocks the loop, so this is generous.
-_STALL_SECONDS = 900.0
 
 OnVersion = Callable[[VersionRow, list[FileChange]], None]
 
@@ -90,6 +87,10 @@ class Target:
             return []
 
 
+# What a reload applies (datasets) or does not concern (the consumers' sections: other processes).
+_APPLIED_ON_RELOAD = frozenset({"datasets", "consumers", "drift", "alerts", "retrain"})
+
+
 class Daemon:
     def __init__(
         self,
@@ -110,7 +111,6 @@ class Daemon:
         self.listener: NotificationListener | None = None
         self.http_address: tuple[str, int] | None = None
         self.notifier = Notifier.from_environ()
-        self.reloads = 0
         self._stop = threading.Event()
         self._reload_wanted = threading.Event()
         self._bucket_stop = threading.Event()
@@ -150,7 +150,6 @@ class Daemon:
         except StrandlineError as exc:
             log.error("reload: %s; the daemon goes on with what it had", exc)
         finally:
-            self.reloads += 1
             self.notifier.ready(f"watching {len(engine.dataset_names)} datasets")
 
     def _reload(self, engine: Engine) -> None:
@@ -161,29 +160,32 @@ class Daemon:
         if self.config_path is None:
             log.warning("reload: the daemon was started without a config file; nothing to re-read")
             return
-        fresh = load_config(self.config_path)
-        fixed = ("kafka", "state_dir", "http", "s3", "host")
-        moved = [name for name in fixed if getattr(fresh, name) != getattr(self.config, name)]
+        # `watch --http` overrides the file; the override still holds after a reload.
+        fresh = load_config(self.config_path).model_copy(update={"http": self.config.http})
+        moved = [
+            name
+            for name in type(fresh).model_fields
+            if name not in _APPLIED_ON_RELOAD and getattr(fresh, name) != getattr(self.config, name)
+        ]
         if moved:
             log.warning("reload: changes to %s take effect at the next restart", ", ".join(moved))
-        before = {ds.name: ds for ds in self.target.datasets}
+        buckets_before = [ds for ds in self.target.datasets if ds.is_bucket]
         try:
             added, removed, changed = engine.replace_datasets(list(fresh.datasets))
+            log.info(
+                "reload: %d datasets added (%s), %d removed (%s), %d changed (%s)",
+                len(added),
+                ", ".join(added) or "-",
+                len(removed),
+                ", ".join(removed) or "-",
+                len(changed),
+                ", ".join(changed) or "-",
+            )
         finally:
-            self.target = Target(tuple(fresh.datasets))
-        log.info(
-            "reload: %d datasets added (%s), %d removed (%s), %d changed (%s)",
-            len(added),
-            ", ".join(added) or "-",
-            len(removed),
-            ", ".join(removed) or "-",
-            len(changed),
-            ", ".join(changed) or "-",
-        )
-        buckets_before = sorted((ds for ds in before.values() if ds.is_bucket), key=lambda d: d.name)
-        buckets_now = sorted((ds for ds in fresh.datasets if ds.is_bucket), key=lambda d: d.name)
-        if buckets_before != buckets_now:
-            self._restart_bucket_threads(engine)
+            # What the engine runs now: a dataset whose new settings failed kept its old ones.
+            self.target = Target(tuple(engine.dataset_configs()))
+            if [ds for ds in self.target.datasets if ds.is_bucket] != buckets_before:
+                self._restart_bucket_threads(engine)
 
     def _engine(self, catalog: Catalog, on_commit: Callable[[], None]) -> Engine:
         auto = self.target.auto_root
@@ -236,7 +238,7 @@ class Daemon:
                 self.config.kafka.bootstrap,
             )
             # systemd: ready now; watchdog pings only while the engine loop keeps coming round.
-            stack.enter_context(WatchdogPinger(self.notifier, lambda: engine.heartbeat.fresh(_STALL_SECONDS)))
+            stack.enter_context(WatchdogPinger(self.notifier, lambda: engine.heartbeat.fresh(STALL_SECONDS)))
             self.notifier.ready(f"watching {len(engine.dataset_names)} datasets")
             try:
                 engine.run(
@@ -292,7 +294,6 @@ class Daemon:
             polled,
             note=engine.note_rels,
             request_full=engine.request_full,
-            spool_root=state_dir(self.config) / "spool-poll",
         )
         stop = self._bucket_stop
         threads = [threading.Thread(target=self.poller.run, args=(stop,), name="bucket-poller", daemon=True)]

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from daemon.errors import SourceError, UnreadableDataError
+from daemon.errors import SourceError, UnreadableDataError, VanishedError
 from daemon.filters import PathFilter
 from daemon.manifest import FileState
 from daemon.profile import merge_profiles
@@ -106,7 +106,7 @@ class Assessor:
             before = os.stat(full, follow_symlinks=False)
             schema, profile = profile_file(full, fmt)  # type: ignore[arg-type]
             after = os.stat(full, follow_symlinks=False)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, VanishedError) as exc:
             raise ChangedWhileProfilingError(rel) from exc
         except UnreadableDataError as exc:
             log.warning(
@@ -185,6 +185,8 @@ class Assessor:
         for rel in targets:
             try:
                 parts.append(read_table(self._locate(rel, current[rel]), formats[rel]))  # type: ignore[arg-type]
+            except (FileNotFoundError, VanishedError) as exc:
+                raise ChangedWhileProfilingError(rel) from exc  # gone since hashed: judge the next state
             except (UnreadableDataError, OSError) as exc:
                 return None, f"{rel} could not be read for validation: {exc}"
         try:

@@ -106,7 +106,6 @@ class NotificationListener:
         self._note = note
         self._request_full = request_full
         self.problem: str | None = None
-        self.messages = 0
 
     def run(self, stop: threading.Event) -> None:
         from kafka.errors import KafkaError
@@ -146,7 +145,6 @@ class NotificationListener:
     def _handle(self, values: Iterable[bytes]) -> None:
         per_dataset: dict[str, set[str]] = {}
         for value in values:
-            self.messages += 1
             try:
                 events = parse_message(value)
             except ValueError as exc:

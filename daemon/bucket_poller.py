@@ -20,13 +20,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.bucket_source import BucketSource, entry_stat
+from daemon.bucket_source import BucketSource
 from daemon.catalog import Catalog
 from daemon.errors import StrandlineError
 from daemon.filters import PathFilter
 from daemon.manifest import FileState
-from daemon.objectstore import ObjectEntry, ObjectRejection
-from daemon.scanner import FileStat
+from daemon.scanner import FileStat, Rejection
 from schemas.config import DatasetConfig, StrandlineConfig
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,6 @@ class BucketPoller:
         *,
         note: Callable[[str, set[str]], None],
         request_full: Callable[[str], None],
-        spool_root: Path,
     ) -> None:
         self._catalog_path = catalog_path
         self._note = note
@@ -90,43 +88,53 @@ class BucketPoller:
         self.problems: dict[str, str] = {}  # dataset -> why its last poll failed
         self.polls = 0
         self._wake = threading.Event()
+        self._catalog: Catalog | None = None
         self._datasets = [
             _Polled(
                 ds,
-                BucketSource(ds.root, spool_dir=str(spool_root / ds.name), settings=config.s3),
+                BucketSource(ds.root, spool_dir="", settings=config.s3),  # lists only: never spools
                 PathFilter.for_dataset(ds),
                 ds.poll_interval_seconds or config.s3.poll_interval_seconds,
             )
             for ds in datasets
         ]
 
-    @property
-    def dataset_names(self) -> list[str]:
-        return [p.config.name for p in self._datasets]
-
     def run(self, stop: threading.Event) -> None:
         if not self._datasets:
             return
-        with Catalog(self._catalog_path) as catalog:
+        try:
             while not stop.is_set():
                 now = time.monotonic()
                 for polled in self._datasets:
                     if polled.next_due <= now and not stop.is_set():
-                        self._poll(catalog, polled)
+                        self._poll(polled)
                 wait = min(p.next_due for p in self._datasets) - time.monotonic()
                 if wait > 0:
                     self._wake.wait(wait)
                     self._wake.clear()
+        finally:
+            self._close_catalog()
+
+    def _close_catalog(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
 
     def wake(self) -> None:
         self._wake.set()
 
-    def _poll(self, catalog: Catalog, polled: _Polled) -> None:
+    def _poll(self, polled: _Polled) -> None:
         name = polled.config.name
         started = time.monotonic()
         try:
-            changed = self._compare(catalog, polled)
-        except StrandlineError as exc:
+            if self._catalog is None:
+                self._catalog = Catalog(self._catalog_path, readonly=True)  # the poller only reads
+            changed = self._compare(self._catalog, polled)
+        except Exception as exc:
+            if not isinstance(exc, StrandlineError):
+                # A bug or a catalog error must cost a retry, never the poller thread.
+                log.exception("dataset %s: unexpected error while polling", name, extra={"dataset": name})
+                self._close_catalog()
             polled.failures += 1
             delay = min(polled.interval * 2.0 ** min(polled.failures, 10), max(_RETRY_MAX_SECONDS, polled.interval))
             if self.problems.get(name) != str(exc):
@@ -148,18 +156,15 @@ class BucketPoller:
         dataset_id = catalog.dataset(polled.config.name).id
         new_rejections = False
 
-        def wanted() -> Iterator[tuple[str, FileStat]]:
+        def on_reject(rejection: Rejection) -> None:
             nonlocal new_rejections
-            for item in polled.source.listing():
-                if isinstance(item, ObjectRejection):
-                    if item.key not in polled.rejected:
-                        polled.rejected.add(item.key)
-                        new_rejections = True
-                elif isinstance(item, ObjectEntry) and polled.filter.wants_file(item.rel_path):
-                    yield item.rel_path, entry_stat(item)
+            if rejection.rel not in polled.rejected:
+                polled.rejected.add(rejection.rel)
+                new_rejections = True
 
         # Materialised: a listing cut short must raise before anything is handed over.
-        differing = list(changed_paths(wanted(), catalog.iter_current(dataset_id)))
+        listed = polled.source.walk(polled.filter, on_reject)
+        differing = list(changed_paths(listed, catalog.iter_current(dataset_id)))
         out: set[str] = set()
         noted: dict[str, FileStat | None] = {}
         for rel, st in differing:

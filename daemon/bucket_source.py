@@ -21,12 +21,13 @@ from typing import Any
 
 import xxhash
 
-from daemon.errors import UnreadableDataError
+from daemon.errors import UnreadableDataError, VanishedError
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
 from daemon.manifest import FileState
 from daemon.objectstore import (
     BucketRoot,
+    FailureKind,
     ObjectEntry,
     ObjectRejection,
     classify_failure,
@@ -166,7 +167,7 @@ class BucketSource:
             else:
                 digest = hash_object(self.fs, self.root, key, etag=fs.etag or None)
         except UnreadableDataError as exc:
-            kind = classify_failure(exc.__cause__)[0] if exc.__cause__ is not None else "other"
+            kind = _kind(exc)
             if kind == "vanished":
                 return None
             if kind == "changed":
@@ -192,9 +193,14 @@ class BucketSource:
         if kept is None:
             # Read as a table in a later pass than the one that hashed it (rare): fetch it again,
             # and only if the bytes are still those the catalog recorded.
-            digest = self._download(rel, self.root.prefix + rel, state.etag or None)
+            try:
+                digest = self._download(rel, self.root.prefix + rel, state.etag or None)
+            except UnreadableDataError as exc:
+                if _kind(exc) in ("vanished", "changed"):
+                    raise VanishedError(str(exc)) from exc
+                raise
             if digest != state.hash:
-                raise FileNotFoundError(f"{self.root.url}{rel} changed since it was versioned")
+                raise VanishedError(f"{self.root.url}{rel} changed since it was versioned")
             kept = self._kept[rel]
         return os.fspath(kept)
 
@@ -204,6 +210,11 @@ class BucketSource:
         self._kept.clear()
 
 
+def _kind(exc: UnreadableDataError) -> FailureKind:
+    """What went wrong with one object, from the store's error behind ours."""
+    return classify_failure(exc.__cause__)[0] if exc.__cause__ is not None else "other"
+
+
 def _reason(exc: UnreadableDataError) -> RejectReason:
-    kind = classify_failure(exc.__cause__)[0] if exc.__cause__ is not None else "other"
+    kind = _kind(exc)
     return "permission_denied" if kind == "access_denied" else "io_error"

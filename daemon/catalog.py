@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,9 +227,8 @@ class Catalog:
             n += 1
             target = self.path.with_name(f"{self.path.name}.schema{version}.{n}.bak")
         try:
-            with sqlite3.connect(target) as copy:
+            with closing(sqlite3.connect(target)) as copy:
                 self._db.backup(copy)
-            copy.close()
         except sqlite3.Error as exc:
             target.unlink(missing_ok=True)
             raise CatalogError(

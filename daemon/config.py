@@ -10,8 +10,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from daemon.errors import ConfigError
-from daemon.objectstore import is_bucket_url, parse_root
-from schemas.config import DATASET_NAME_PATTERN, DatasetConfig, StrandlineConfig
+from daemon.objectstore import parse_root
+from schemas.config import DATASET_NAME_PATTERN, DatasetConfig, StrandlineConfig, is_bucket_url
 
 DEFAULT_STATE_DIR = ".strandline"
 
@@ -86,10 +86,8 @@ def load_config(path: Path | None) -> StrandlineConfig:
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
     for ds in config.datasets:
-        if is_bucket_url(ds.root):
+        if ds.is_bucket:
             parse_root(ds.root)  # an unknown scheme or a bad bucket name fails here, not at first poll
-        elif ds.detect != "poll" or ds.poll_interval_seconds is not None:
-            raise ConfigError(f"dataset {ds.name!r}: detect and poll_interval_seconds apply to bucket roots only")
     return config
 
 

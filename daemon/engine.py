@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # up to the cap while it keeps failing.
 _ERROR_RETRY_SECONDS = 5.0
 _ERROR_RETRY_MAX_SECONDS = 60.0
+# The loop counts as stalled (systemd's watchdog stops, /healthz fails) when it has not come round
+# for this long. A pass hashing a huge change-set blocks the loop, so this is generous.
+STALL_SECONDS = 900.0
 # How often the loop checks that the watcher is alive and every root is watched.
 _WATCH_CHECK_SECONDS = 2.0
 
@@ -62,11 +65,14 @@ class _Pending:
     def any(self) -> bool:
         return self.full or bool(self.paths)
 
-    def touch(self, now: float) -> None:
-        """An event arrived: it starts the change-set if none is pending, and restarts its quiet period."""
+    def touch(self, now: float, quiet_from: float | None = None) -> None:
+        """Something is due: it starts the change-set if none is pending, and its quiet period
+        runs from ``quiet_from`` (default: now) unless it already runs from later."""
         if not self.any:
             self.first_event = now
-        self.last_event = now
+            self.last_event = now if quiet_from is None else quiet_from
+        else:
+            self.last_event = max(self.last_event, now if quiet_from is None else quiet_from)
 
 
 @dataclass
@@ -77,6 +83,8 @@ class _Dataset:
     settle: float
     pending: _Pending = field(default_factory=_Pending)
     failures: int = 0  # consecutive failed passes
+    last_error: str | None = None  # why the last pass failed; None once one succeeds
+    rescanning: bool = False  # events were lost (watcher overflow) and the re-scan has not run yet
 
 
 class Engine:
@@ -106,12 +114,10 @@ class Engine:
         self._woken = False
         self._in_flight: set[str] = set()
         self.overflows = 0
-        self.problems: dict[str, str] = {}  # dataset -> why its last pass failed (cleared by a success)
         self.versions_created = 0
         self.passes = 0  # versioning passes run (one per quiet change-set or reconcile)
         self.heartbeat = Heartbeat()  # beaten each time the loop comes round (systemd's watchdog)
         self.metrics = EngineMetrics()
-        self.rescanning: set[str] = set()  # datasets re-scanned after a watcher overflow
         for ds in datasets:
             self._add(ds)
 
@@ -155,7 +161,6 @@ class Engine:
             if name not in wanted:
                 with self._cond:
                     del self._datasets[name]
-                    self.problems.pop(name, None)
                     self._reroute()
                 removed.append(name)
                 log.info("dataset %s is no longer watched", name, extra={"dataset": name})
@@ -179,8 +184,19 @@ class Engine:
     def dataset_names(self) -> list[str]:
         return sorted(self._datasets)
 
+    @property
+    def problems(self) -> dict[str, str]:
+        """Datasets whose last pass failed, and why."""
+        return {name: d.last_error for name, d in list(self._datasets.items()) if d.last_error is not None}
+
+    @property
+    def rescanning(self) -> list[str]:
+        """Datasets that lost events to a watcher overflow and wait for their re-scan."""
+        return sorted(name for name, d in list(self._datasets.items()) if d.rescanning)
+
     def dataset_configs(self) -> list[DatasetConfig]:
-        return [d.config for d in self._datasets.values()]
+        """The settings each watched dataset runs with, by name."""
+        return [self._datasets[name].config for name in sorted(self._datasets)]
 
     def watch_roots(self) -> dict[str, bool]:
         """The fewest roots (path → recursive) whose watches cover every dataset."""
@@ -275,20 +291,24 @@ class Engine:
     def note_overflow(self, root: str) -> None:
         """The kernel dropped events below ``root``: reconcile what it covers once quiet."""
         self.overflows += 1
-        self.rescanning.update(
-            d.config.name
-            for d in list(self._datasets.values())
-            if d.root == root or d.root.startswith(root + os.sep) or root.startswith(d.root + os.sep)
-        )
         log.warning("watcher overflowed below %s; events were lost, re-scanning the datasets there", root)
+        for d in self._overlapping(root):
+            d.rescanning = True
         self._rescan_below(root, immediate=False)
 
+    def _overlapping(self, root: str) -> list[_Dataset]:
+        """Local datasets whose root is ``root``, below it, or holds it."""
+        return [
+            d
+            for d in list(self._datasets.values())
+            if d.root == root or d.root.startswith(root + os.sep) or root.startswith(d.root + os.sep)
+        ]
+
     def _rescan_below(self, root: str, *, immediate: bool) -> None:
-        for d in list(self._datasets.values()):
-            if d.root == root or d.root.startswith(root + os.sep) or root.startswith(d.root + os.sep):
-                with self._cond:
-                    d.pending.open.clear()
-                self._request_full(d, immediate=immediate)
+        for d in self._overlapping(root):
+            with self._cond:
+                d.pending.open.clear()
+            self._request_full(d, immediate=immediate)
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -296,11 +316,12 @@ class Engine:
         now = time.monotonic()
         with self._cond:
             p = d.pending
-            if not p.any:
-                p.first_event = now
-                p.last_event = -1e9 if immediate else now
-            elif not immediate:
-                p.last_event = now
+            if immediate:
+                # Due at once: an already pending change-set keeps its own quiet period.
+                if not p.any:
+                    p.touch(now, quiet_from=-1e9)
+            else:
+                p.touch(now)
             p.full = True
             self._cond.notify()
 
@@ -370,11 +391,11 @@ class Engine:
         if d.failures:
             log.info("dataset %s: versioning works again", name, extra={"dataset": name})
             d.failures = 0
-            self.problems.pop(name, None)
+            d.last_error = None
         finished = time.monotonic()
         if dirty is None:
             self.metrics.reconcile_seconds.observe(finished - started)
-            self.rescanning.discard(name)
+            d.rescanning = False
         if outcome.version is not None:
             self.versions_created += 1
             # From the first change noticed to the version recorded (settle window included).
@@ -386,16 +407,14 @@ class Engine:
     def _failed(self, d: _Dataset, reason: str) -> float:
         """Record a failed pass; the delay before the next try."""
         d.failures += 1
-        self.problems[d.config.name] = reason
+        d.last_error = reason
         return min(_ERROR_RETRY_SECONDS * 2.0 ** min(d.failures - 1, 8), _ERROR_RETRY_MAX_SECONDS)
 
     def _requeue(self, d: _Dataset, dirty: set[str] | None, delay: float) -> None:
         now = time.monotonic()
         with self._cond:
             p = d.pending
-            if not p.any:
-                p.first_event = now
-            p.last_event = max(p.last_event, now + delay)
+            p.touch(now, quiet_from=now + delay)
             if dirty is None:
                 p.full = True
             else:
@@ -423,7 +442,8 @@ class Engine:
         """Paths rejected since start, by reason, over every dataset."""
         total: Counter[str] = Counter()
         for d in list(self._datasets.values()):
-            total.update(d.versioner.rejections)
+            # A copy first: the engine thread may add a reason while the HTTP thread reads.
+            total.update(dict(d.versioner.rejections))
         return total
 
     def request_discover(self) -> None:

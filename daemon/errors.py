@@ -43,6 +43,10 @@ class UnreadableDataError(StrandlineError):
     """A single file cannot be fingerprinted."""
 
 
+class VanishedError(UnreadableDataError):
+    """The file (or object) disappeared or changed after it was listed: the pass is retried, not judged."""
+
+
 class UnreadableTableError(UnreadableDataError):
     """A file of a tabular format cannot be parsed as a table; the message says why, for the log and event."""
 

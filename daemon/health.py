@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from daemon.catalog import Catalog
 from daemon.config import catalog_path, state_dir
+from daemon.engine import STALL_SECONDS
 from daemon.http_endpoint import Route
 
 if TYPE_CHECKING:
@@ -145,6 +146,10 @@ def routes(daemon: Daemon) -> dict[str, Route]:
     registry.register(DaemonCollector(daemon))
 
     def healthz() -> tuple[int, str, bytes]:
+        # Alive while the engine loop keeps turning (the same test as systemd's watchdog pings).
+        engine = daemon.engine
+        if engine is not None and not engine.heartbeat.fresh(STALL_SECONDS):
+            return 503, "text/plain; charset=utf-8", f"stalled for {engine.heartbeat.age():.0f} s\n".encode()
         return 200, "text/plain; charset=utf-8", b"ok\n"
 
     def readyz() -> tuple[int, str, bytes]:

@@ -41,6 +41,7 @@ import xxhash
 from pydantic import SecretStr
 
 from daemon.errors import ConfigError, SourceError, StrandlineError, UnreadableDataError
+from schemas.config import is_bucket_url
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -139,11 +140,6 @@ class BucketRoot:
 
     def __str__(self) -> str:
         return self.url
-
-
-def is_bucket_url(root: str) -> bool:
-    """True when ``root`` is written as a URL (``scheme://...``) rather than a local path."""
-    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", root) is not None
 
 
 def _redact_authority(authority: str) -> str:

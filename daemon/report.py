@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from daemon.profile import distinct_estimate, quantiles, top_items
 from daemon.quality import Quality
 from schemas.profiles import ColumnProfile, SchemaChange, TableSchema
 from schemas.validation import ValidationResult
@@ -89,6 +88,9 @@ def schema_lines(schema: TableSchema) -> list[str]:
 
 def column_summary(col: ColumnProfile) -> dict[str, str]:
     """The figures of one column as short strings, for a table row."""
+    # Sketch readers pull in numpy and datasketches: only the column table needs them.
+    from daemon.profile import distinct_estimate, quantiles, top_items
+
     q = quantiles(col, [0.5]) if col.kind in ("numeric", "time") else None
     distinct = distinct_estimate(col)
     top = top_items(col, 3) if col.kind == "string" else []

@@ -19,7 +19,7 @@ from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError, hash_file
 from daemon.manifest import FileState
 from daemon.scanner import FileStat, OnReject, Rejection, stat_error, stat_paths, walk
-from schemas.config import S3Config
+from schemas.config import S3Config, is_bucket_url
 
 # A local file modified this recently may change again within the same mtime tick; its stat is
 # not trusted for the cache ("racy git"), so it is simply re-hashed next time.
@@ -131,8 +131,6 @@ def open_source(location: str, *, spool_dir: str, settings: S3Config) -> Source:
     ``spool_dir`` holds a bucket source's temporary copies of table objects; ``settings`` say how
     to reach buckets.
     """
-    from daemon.objectstore import is_bucket_url
-
     if is_bucket_url(location):
         from daemon.bucket_source import BucketSource  # s3fs is imported only when a bucket is watched
 

@@ -37,7 +37,7 @@ import pyarrow.json as pa_json
 import pyarrow.orc as pa_orc
 import pyarrow.parquet as pq
 
-from daemon.errors import UnreadableDataError, UnreadableTableError
+from daemon.errors import UnreadableDataError, UnreadableTableError, VanishedError
 from daemon.profile import Profiler
 from daemon.tableschema import table_schema
 from schemas.profiles import TableProfile, TableSchema
@@ -157,7 +157,7 @@ class TableReader:
         except UnreadableDataError:
             raise
         except FileNotFoundError as exc:
-            raise UnreadableDataError("the file vanished before it could be read") from exc
+            raise VanishedError("the file vanished before it could be read") from exc
         except PermissionError as exc:
             raise UnreadableDataError("permission denied: give the daemon's user read access") from exc
         except (IsADirectoryError, NotADirectoryError) as exc:

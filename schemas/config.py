@@ -7,12 +7,21 @@ Nested keys use one underscore after the section: ``STRANDLINE_KAFKA_BOOTSTRAP``
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_bucket_url(root: str) -> bool:
+    """True when ``root`` is written as a URL (``scheme://...``) rather than a local path."""
+    return _URL_SCHEME.match(root) is not None
+
 
 DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -285,7 +294,13 @@ class DatasetConfig(BaseModel):
     @property
     def is_bucket(self) -> bool:
         """True when root is a URL (s3://, gs://, az://) rather than a local folder."""
-        return "://" in self.root
+        return is_bucket_url(self.root)
+
+    @model_validator(mode="after")
+    def _bucket_settings_need_a_bucket(self) -> DatasetConfig:
+        if not self.is_bucket and (self.detect != "poll" or self.poll_interval_seconds is not None):
+            raise ValueError("detect and poll_interval_seconds apply to bucket roots (s3://...) only")
+        return self
 
     @field_validator("include", "exclude")
     @classmethod

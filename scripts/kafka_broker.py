@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,14 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from _procs import free_port, stop_server, track
+
 REPO = Path(__file__).resolve().parent.parent
 LIBS = REPO / ".cache" / "kafka" / "libs"
 POM = REPO / "scripts" / "kafka" / "pom.xml"
 LOG4J = REPO / "scripts" / "kafka" / "log4j2.yaml"
-
-
-# Brokers started by this process, reaped by stop() (a dropped Popen would warn).
-_PROCS: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def fetch() -> Path:
@@ -54,12 +51,6 @@ def answers(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _properties(
@@ -128,8 +119,8 @@ def start(
     """
     libs = fetch()
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
-    controller_port = _free_port()
+    port = port or free_port()
+    controller_port = free_port()
     data = directory / "data"
     props = directory / "server.properties"
     if (directory / "broker.port").exists() and data.exists():
@@ -175,8 +166,7 @@ def start(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _PROCS[proc.pid] = proc
-    (directory / "broker.pid").write_text(str(proc.pid))
+    track(proc, directory / "broker.pid")
     bootstrap = f"127.0.0.1:{port}"
     if not _ready(bootstrap, timeout):
         stop(directory)
@@ -185,44 +175,8 @@ def start(
 
 
 def stop(directory: Path, *, hard: bool = False) -> None:
-    pid_file = directory / "broker.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
-    except ProcessLookupError:
-        pid_file.unlink(missing_ok=True)
-        return
-    proc = _PROCS.pop(pid, None)
-    if proc is not None:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        pid_file.unlink(missing_ok=True)
-        return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid if not _alive(pid) else 0
-        if done:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Stop the broker started in ``directory`` (SIGKILL after 30 s); no-op if none runs."""
+    stop_server(directory / "broker.pid", hard=hard, grace=30.0)
 
 
 # -- a secured broker, for the security tests ----------------------------------------------------
@@ -350,7 +304,7 @@ def start_secure(directory: Path, *, users: Mapping[str, str] | None = None, tim
     if ports_file.exists():
         sasl_port, ssl_port = (int(x) for x in ports_file.read_text().split())
     else:
-        sasl_port, ssl_port = _free_port(), _free_port()
+        sasl_port, ssl_port = free_port(), free_port()
         ports_file.write_text(f"{sasl_port} {ssl_port}")
     store_password = "broker-keystore-test"  # noqa: S105 - a throwaway keystore for a test broker
     cafile, keystore = _tls_material(directory, store_password)

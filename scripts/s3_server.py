@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from _procs import free_port, stop_server, track, untrack
+
 REPO = Path(__file__).resolve().parent.parent
 DEV_DIR = REPO / ".cache" / "s3" / "dev"
 DEFAULT_ENDPOINT = "http://127.0.0.1:5000"
-
-# Servers started by this process, reaped by stop() (a dropped Popen would warn).
-_PROCS: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def answers(endpoint: str, timeout: float = 0.5) -> bool:
@@ -44,12 +41,6 @@ def answers(endpoint: str, timeout: float = 0.5) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(
@@ -64,7 +55,7 @@ def start(
     directory.mkdir(parents=True, exist_ok=True)
     port_file = directory / "server.port"
     if port is None:
-        port = int(port_file.read_text()) if port_file.exists() else _free_port()
+        port = int(port_file.read_text()) if port_file.exists() else free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = directory / "server.log"
     with log_path.open("ab") as log:
@@ -76,14 +67,12 @@ def start(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    _PROCS[proc.pid] = proc
-    (directory / "server.pid").write_text(str(proc.pid))
+    track(proc, directory / "server.pid")
     port_file.write_text(str(port))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            _PROCS.pop(proc.pid, None)
-            (directory / "server.pid").unlink(missing_ok=True)
+            untrack(directory / "server.pid", proc)
             raise RuntimeError(
                 f"the S3 server exited with code {proc.returncode} (port {port} taken? moto[server] missing?); "
                 f"see {log_path}"
@@ -97,46 +86,14 @@ def start(
 
 def stop(directory: Path, *, hard: bool = False) -> None:
     """Stop the server started in ``directory`` (SIGTERM, SIGKILL after 10 s); no-op if none runs."""
-    pid_file = directory / "server.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
-    except ProcessLookupError:
-        pid_file.unlink(missing_ok=True)
-        _PROCS.pop(pid, None)
-        return
-    proc = _PROCS.pop(pid, None)
-    if proc is not None:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    else:
-        # Started by another process (the CLI): we cannot wait() on it, so poll until it is gone.
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    stop_server(directory / "server.pid", hard=hard)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_ensure = sub.add_parser("ensure")
-    p_ensure.add_argument("--endpoint", default=os.environ.get("STRANDLINE_S3_ENDPOINT", DEFAULT_ENDPOINT))
+    p_ensure.add_argument("--endpoint", default=os.environ.get("STRANDLINE_S3_ENDPOINT_URL", DEFAULT_ENDPOINT))
     p_ensure.add_argument("--dir", type=Path, default=DEV_DIR)
     p_start = sub.add_parser("start")
     p_start.add_argument("--port", type=int)

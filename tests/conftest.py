@@ -14,6 +14,8 @@ import pytest
 from schemas.config import DatasetConfig, StrandlineConfig
 
 REPO = Path(__file__).resolve().parent.parent
+# The server scripts import their shared helpers (scripts/_procs.py) as a sibling module.
+sys.path.append(str(REPO / "scripts"))
 
 
 def _broker_module():  # type: ignore[no-untyped-def]
@@ -77,6 +79,8 @@ def make_config(
         "reconcile_interval_seconds": 0,
         "host": "test-host",
         "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix, "partitions": 1, "delivery_timeout_seconds": 30},
+        # A consumer group per test too: tests must not share offsets or rebalances.
+        "consumers": {"group_prefix": prefix},
         "datasets": tuple(datasets or ()),
     }
     settings.update(overrides)
@@ -108,14 +112,24 @@ S3_TEST_SECRET_KEY = "strandline-test-secret-not-real"  # noqa: S105 - a fake fo
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("s3")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_directory: Path) -> Iterator[str]:
     """A real S3-compatible server (moto) on a free loopback port, started for this session."""
-    directory = tmp_path_factory.mktemp("s3")
-    endpoint = s3_server.start(directory)
+    endpoint = s3_server.start(s3_directory)
     try:
         yield endpoint
     finally:
-        s3_server.stop(directory)
+        s3_server.stop(s3_directory)
+
+
+@pytest.fixture
+def s3_server_log(s3_endpoint: str, s3_directory: Path) -> Path:
+    """The access log of the session's S3 server: one line per request (counts GETs, LISTs)."""
+    return s3_directory / "server.log"
 
 
 @pytest.fixture

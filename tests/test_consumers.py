@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -117,8 +118,9 @@ def _run_lines(out: Path) -> list[dict[str, Any]]:
 
 
 def test_a_retrain_command_gets_the_run_in_its_environment_and_a_hostile_file_name_stays_data(
-    config_for, tmp_path: Path, kafka_bootstrap: str
+    config_for, tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     out = tmp_path / "runs.jsonl"
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -133,6 +135,9 @@ def test_a_retrain_command_gets_the_run_in_its_environment_and_a_hostile_file_na
         json.dump({{"model_path": "model.bin"}}, open(os.environ["STRANDLINE_RESULT_FILE"], "w"))
         with open({str(out)!r}, "a") as fh:
             fh.write(json.dumps({{"env": {{k: os.environ[k] for k in keys}},
+                                 "inherited": os.environ.get("PATH_FOR_TRAINING"),
+                                 "leaked": [k for k in os.environ if k.startswith("STRANDLINE_") and k not in keys
+                                            and k not in ("STRANDLINE_EVENT_FILE", "STRANDLINE_RESULT_FILE")],
                                  "paths": [c["path"] for c in event["event"]["changes"]]}}) + "\\n")
     """,
     )
@@ -147,6 +152,9 @@ def test_a_retrain_command_gets_the_run_in_its_environment_and_a_hostile_file_na
             ]
         }
     )
+    # The consumer's own secrets (as systemd's EnvironmentFile gives them) must not reach the run.
+    monkeypatch.setenv("STRANDLINE_KAFKA_SASL_PASSWORD", "consumer-secret")
+    monkeypatch.setenv("PATH_FOR_TRAINING", "kept")
     consumer = start_consumer(config, "retrain")
     try:
         publish(
@@ -157,15 +165,20 @@ def test_a_retrain_command_gets_the_run_in_its_environment_and_a_hostile_file_na
                 version_event(config.kafka, "other", 1),
             ],
         )
-        runs = wait_for(lambda: _run_lines(out), 30, what="the training command's record")
+        wait_for(lambda: _run_lines(out), 30, what="the training command's record")
         models = read_events(kafka_bootstrap, config.kafka.models_topic, min_count=2, timeout=30, settle=1.0)
+        metrics = consumer.runner.metrics
+        wait_for(lambda: metrics.count("acted") + metrics.count("skipped") >= 3, 30, what="all three events handled")
+        runs = _run_lines(out)
     finally:
         consumer.stop()
+        monkeypatch.delenv("STRANDLINE_KAFKA_SASL_PASSWORD")  # the CLI below reads its config from the env
     assert len(runs) == 1, "only the valid version of a matching dataset trains"
     env = runs[0]["env"]
     assert env["STRANDLINE_DATASET"] == "sales" and env["STRANDLINE_VERSION"] == "1"
     assert env["STRANDLINE_VERSION_ID"] == "sales-0001".ljust(32, "0") and env["STRANDLINE_TRIGGER"] == "version"
     assert runs[0]["paths"] == [HOSTILE], "the file name reaches the command as a string"
+    assert runs[0]["inherited"] == "kept" and runs[0]["leaked"] == []
     assert not (workdir / "PWNED").exists() and not (workdir / "PWNED2").exists()
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
     types = [e.headers["ce_type"] for e in models]
@@ -502,10 +515,12 @@ def _table(seed: int, n: int, *, shifted: bool) -> Any:
 
 
 def test_the_drift_consumer_flags_the_shifted_columns_from_kafka_alone_then_clears(
-    config_for, data_dir: Path, tmp_path: Path, kafka_bootstrap: str
+    config_for, data_dir: Path, tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from schemas.config import DatasetConfig
     from tests.helpers import start_daemon
+
+    caplog.set_level(logging.INFO, logger="daemon.kafka_client")
 
     config = config_for(
         [DatasetConfig(name="sensors", root=data_dir, settle_seconds=0.2)],
@@ -527,6 +542,9 @@ def test_the_drift_consumer_flags_the_shifted_columns_from_kafka_alone_then_clea
         consumer.stop()
         daemon.stop()
     assert [e.headers["ce_type"] for e in events] == ["dataset.drift.detected", "dataset.drift.cleared"]
+    # The consumer made its output topic itself: a broker may not auto-create topics.
+    created = [r.getMessage() for r in caplog.records if r.getMessage().startswith("created Kafka topics")]
+    assert any(config.kafka.drift_topic in line.split(" ", 3)[3].split(", ") for line in created)
     detected = events[0].data["report"]
     drifted = {c["name"] for c in detected["columns"] if c["drifted"]}
     assert drifted == {"a", "b", "c", "city"}
@@ -750,13 +768,13 @@ def test_drift_and_rows_policies_start_runs_only_when_their_condition_holds(
 
 
 def test_an_event_that_keeps_failing_is_dead_lettered_after_the_retries_and_the_next_is_handled(
-    config_for, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+    config_for, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import consumers.drift_service as drift_service
 
     # A version whose profile never reaches the profiles topic: a retriable failure every time.
     monkeypatch.setattr(drift_service, "PROFILE_WAIT_SECONDS", 0.2)
-    config = config_for(consumers={"retries": 2, "retry_backoff_seconds": 0.1})
+    config = config_for(consumers={"group_prefix": topic_prefix, "retries": 2, "retry_backoff_seconds": 0.1})
     kafka = config.kafka
     orphan = version_event(kafka, "sales", 1)
     value = json.loads(orphan.value)

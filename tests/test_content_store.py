@@ -310,6 +310,7 @@ def test_a_failure_after_the_temp_write_leaves_no_object(
     path = tmp_path / "f.csv"
     path.write_bytes(b"x" * 1000)
 
+    # Injected: an I/O error at the rename cannot be produced on demand on a real disk.
     def broken_rename(temp: str, kind: str, digest: str) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
@@ -324,6 +325,7 @@ def test_a_failure_after_the_temp_write_leaves_no_object(
 def test_a_full_disk_raises_store_full_and_keeps_nothing(
     store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
+    # Injected, so it runs without root; the real-ENOSPC twin on a 1 MiB tmpfs is further down.
     path = tmp_path / "f.csv"
     data = csv_bytes(size, seed=10)
     path.write_bytes(data)

@@ -185,19 +185,15 @@ def test_compose_schema_rejects_a_misspelt_key() -> None:
     assert not _compose_validator().is_valid(compose)
 
 
-def test_every_compose_service_has_a_healthcheck_or_waits_for_a_healthy_one() -> None:
+def test_every_compose_service_has_a_healthcheck_that_asks_the_service_itself() -> None:
     services = _compose()["services"]
-    unchecked = []
-    for name, service in services.items():
-        depends = service.get("depends_on", {})
-        healthy_deps = [
-            dep
-            for dep, how in (depends.items() if isinstance(depends, dict) else [])
-            if how.get("condition") == "service_healthy" and "healthcheck" in services[dep]
-        ]
-        if "healthcheck" not in service and not healthy_deps:
-            unchecked.append(name)
-    assert unchecked == []
+    assert {name for name, service in services.items() if "healthcheck" not in service} == set()
+    for name in ("strandline", "drift", "alerts"):
+        probe = " ".join(services[name]["healthcheck"]["test"])
+        assert "/healthz" in probe and ":9464" in probe, name
+    assert services["strandline"]["environment"]["STRANDLINE_HTTP"].endswith(":9464")
+    for name in ("drift", "alerts"):
+        assert services[name]["command"][-2:] == ["--metrics-port", "9464"], name
 
 
 # -- command lines -------------------------------------------------------------------------------

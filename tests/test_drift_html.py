@@ -167,7 +167,9 @@ def test_numbers_get_two_histograms_and_categories_grouped_bars() -> None:
     assert colour.count("<figure>") == 1
     assert colour.count('<rect class="r"') == colour.count('<rect class="c"') >= 3
     assert "(other)" in colour and ">red<" in colour
-    assert '<rect class="r"' in active or "No chart" in active
+    # A boolean column: one grouped chart of its two values, reference against current.
+    assert active.count("<figure>") == 1 and "No chart" not in active
+    assert active.count('<rect class="r"') == active.count('<rect class="c"') == 2
 
 
 def test_hostile_names_and_labels_are_escaped_never_raw() -> None:
@@ -317,8 +319,10 @@ def test_report_of_compare_renders_every_column_it_judged() -> None:
     sections = _sections(html)
     assert len(sections) == len(report.columns)
     for i, col in enumerate(report.columns):
-        assert (col.test or "none") in sections[f"c{i}"]
-        assert ("drifted</span>" if col.drifted else "</span>") in sections[f"c{i}"]
+        verdict = "drifted" if col.drifted else ("skipped" if col.test is None else "stable")
+        assert f"{verdict}</span>" in sections[f"c{i}"]
+        if col.test is not None:
+            assert f"<td>{col.test}</td>" in sections[f"c{i}"]
     price = report.column("price")
     assert price is not None and price.drifted
     assert "<script" not in html and "http" not in html

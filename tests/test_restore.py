@@ -252,6 +252,8 @@ def test_a_file_where_the_version_has_a_folder_needs_prune(store: ContentStore, 
 def test_a_full_disk_while_staging_leaves_the_target_as_it_was(
     store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Injected: the store and the target share tmp_path's disk, so a real ENOSPC here would need
+    # the store on one filesystem and a tiny one for the target (root only; see test_content_store's tmpfs case).
     src = tmp_path / "src"
     write_tree(src, {"a.csv": b"a\n" * 1000, "b.csv": rows(5000, 4)})
     manifest, _ = version(store, src)

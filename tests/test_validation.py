@@ -18,6 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 
 from daemon import validation
 from daemon.errors import ConfigError, SuiteError
@@ -504,3 +505,29 @@ def test_values_from_numpy_and_pandas_become_plain_json() -> None:
     }
     assert json.loads(json.dumps(safe, allow_nan=False)) == safe
     assert type(safe["int"]) is int and type(safe["nested"][0]["value"]) is bool
+
+
+def test_a_table_gone_between_its_hash_and_its_validation_is_retried_not_judged_invalid(tmp_path: Path) -> None:
+    """A file removed after the pass hashed it must not make the version "invalid" (and page someone)."""
+    from daemon.assess import Assessor, ChangedWhileProfilingError
+    from daemon.manifest import FileState
+    from daemon.quality import FileTable
+    from daemon.tables import profile_file
+    from schemas.config import DatasetConfig
+
+    root = tmp_path / "data"
+    root.mkdir()
+    path = root / "a.csv"
+    path.write_text("order_id,quantity\nO-1,1\nO-2,3\n")
+    digest = xxhash.xxh3_128_hexdigest(path.read_bytes())
+    schema, profile = profile_file(str(path), "csv")
+    suite = load_suite(write_suite(tmp_path / "s.json", expect("expect_column_to_exist", column="quantity")))
+    assessor = Assessor(str(root), DatasetConfig(name="d", root=root), suite)
+    current = {"a.csv": FileState(path.stat().st_size, digest)}
+    stored = {(digest, "csv"): FileTable(digest, "csv", schema, profile, None)}  # read by an earlier version
+
+    quality, _ = assessor.assess(current, {"a.csv"}, lambda keys: stored, None)
+    assert quality.status == "valid"
+    path.unlink()
+    with pytest.raises(ChangedWhileProfilingError):
+        assessor.assess(current, {"a.csv"}, lambda keys: stored, None)

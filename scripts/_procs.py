@@ -1,0 +1,85 @@
+"""What the server scripts (Kafka broker, S3 server) share: free ports and stopping a server by its pid file.
+
+Imported as a sibling module: the scripts run as ``python scripts/NAME.py`` (their folder is on
+``sys.path``), and tests/conftest.py appends this folder before loading them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+# Servers started by this process, reaped by stop_server() (a dropped Popen would warn).
+PROCS: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def track(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
+    """Remember a started server, here (to reap it) and in ``pid_file`` (for other processes)."""
+    PROCS[proc.pid] = proc
+    pid_file.write_text(str(proc.pid))
+
+
+def untrack(pid_file: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Forget a server that exited on its own (it was waited on)."""
+    PROCS.pop(proc.pid, None)
+    pid_file.unlink(missing_ok=True)
+
+
+def stop_server(pid_file: Path, *, hard: bool = False, grace: float = 10.0) -> None:
+    """SIGTERM (SIGKILL with ``hard``) the server whose pid is in ``pid_file``, SIGKILL after ``grace``
+    seconds; wait until it is gone and remove the file. No-op when there is no file."""
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    proc = PROCS.pop(pid, None)
+    try:
+        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+    except ProcessLookupError:
+        if proc is not None:
+            proc.wait()  # reap it
+        pid_file.unlink(missing_ok=True)
+        return
+    if proc is not None:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    else:
+        # Started by another process (the CLI): we cannot wait() on it, so poll until it is gone.
+        deadline = time.monotonic() + grace
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie child of ours (reaped here if it is one)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return alive(pid)
+    return done == 0
