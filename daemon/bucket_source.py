@@ -21,6 +21,7 @@ from typing import Any
 
 import xxhash
 
+from daemon.content_store import ContentStore, PutMode, PutResult, SourceChangedError
 from daemon.errors import UnreadableDataError, VanishedError
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
@@ -36,6 +37,7 @@ from daemon.objectstore import (
     hash_object,
     list_prefix,
     make_filesystem,
+    open_object,
     parse_root,
 )
 from daemon.scanner import FileStat, OnReject, Rejection
@@ -203,6 +205,20 @@ class BucketSource:
                 raise VanishedError(f"{self.root.url}{rel} changed since it was versioned")
             kept = self._kept[rel]
         return os.fspath(kept)
+
+    def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
+        """From the pass's spooled copy when there is one, else from one more conditional GET."""
+        kept = self._kept.get(rel)
+        if kept is not None:
+            return store.put(kept, state.hash, state.size, "copy")
+        key = self.root.prefix + rel
+        try:
+            with open_object(self.fs, self.root, key, etag=state.etag or None) as handle:
+                return store.put_stream(handle, state.hash, state.size, name=f"{self.root.url}{rel}")
+        except UnreadableDataError as exc:
+            if _kind(exc) in ("vanished", "changed"):
+                raise SourceChangedError(f"{self.root.url}{rel} changed since it was hashed") from exc
+            raise
 
     def finish_pass(self) -> None:
         for path in self._kept.values():

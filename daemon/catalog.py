@@ -12,7 +12,8 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,13 +32,21 @@ from schemas.validation import ValidationResult
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Forward migrations: the statements that take a catalog from version N-1 to N, run in one
 # transaction after a backup copy. _SCHEMA below always describes the newest version.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 2: the stat cache remembers an object's ETag (bucket roots).
     2: ("ALTER TABLE entries ADD COLUMN etag TEXT NOT NULL DEFAULT ''",),
+    # 3: versions keep their bytes in the content store (issue 6); the tags and lineage tables
+    # are new, so _SCHEMA creates them. Older versions had no snapshot: they cannot be restored.
+    3: (
+        "ALTER TABLE versions ADD COLUMN snapshot TEXT NOT NULL DEFAULT 'none'",
+        "ALTER TABLE versions ADD COLUMN restorable INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE versions ADD COLUMN snapshot_note TEXT",
+        "ALTER TABLE versions ADD COLUMN collected_at TEXT",
+    ),
 }
 
 _SCHEMA = """
@@ -62,6 +71,10 @@ CREATE TABLE IF NOT EXISTS versions (
     added INTEGER NOT NULL,
     modified INTEGER NOT NULL,
     removed INTEGER NOT NULL,
+    snapshot TEXT NOT NULL DEFAULT 'none',
+    restorable INTEGER NOT NULL DEFAULT 0,
+    snapshot_note TEXT,
+    collected_at TEXT,
     UNIQUE (dataset_id, seq)
 );
 CREATE TABLE IF NOT EXISTS entries (
@@ -114,6 +127,23 @@ CREATE TABLE IF NOT EXISTS version_quality (
     readable_files INTEGER NOT NULL,
     PRIMARY KEY (dataset_id, seq)
 );
+-- Labels naming versions (sales@prod). A label names one version of its dataset at a time.
+CREATE TABLE IF NOT EXISTS tags (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    label TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, label)
+);
+-- Versions that recorded retraining runs used (model.retrain.* events): gc keeps their bytes.
+CREATE TABLE IF NOT EXISTS lineage (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    seq INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    version_id TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, dataset_id, seq)
+);
 """
 
 
@@ -138,6 +168,27 @@ class VersionRow:
     added: int
     modified: int
     removed: int
+    snapshot: str = "none"  # the policy the version's bytes were kept by (none: metadata only)
+    restorable: bool = False  # every file's bytes were in the content store when it was recorded
+    snapshot_note: str | None = None  # why a version that wanted a snapshot is not restorable
+    collected_at: datetime | None = None  # when gc dropped its bytes (it stays in the catalog)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """How a new version's bytes were kept, as recorded with it."""
+
+    policy: str
+    restorable: bool
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    dataset: str
+    label: str
+    seq: int
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,13 +330,17 @@ class Catalog:
 
     _VERSION_COLS = (
         "d.name, v.seq, v.version_id, v.parent_seq, v.parent_version_id, v.created_at,"
-        " v.files, v.bytes, v.added, v.modified, v.removed"
+        " v.files, v.bytes, v.added, v.modified, v.removed,"
+        " v.snapshot, v.restorable, v.snapshot_note, v.collected_at"
     )
 
     @staticmethod
     def _version_row(row: Sequence[object]) -> VersionRow:
         values = list(row)
         values[5] = datetime.fromisoformat(str(values[5]))
+        values[12] = bool(values[12])
+        if values[14] is not None:
+            values[14] = datetime.fromisoformat(str(values[14]))
         return VersionRow(*values)  # type: ignore[arg-type]
 
     def latest_version(self, dataset: str) -> VersionRow | None:
@@ -402,6 +457,7 @@ class Catalog:
         marker_stat: str | None = None,
         quality: Quality | None = None,
         tables: Sequence[FileTable] = (),
+        snapshot: Snapshot | None = None,
     ) -> VersionRow:
         """Record a version, its entries, its quality, the tables read and its outbox messages in one transaction."""
         counts = {"added": 0, "modified": 0, "removed": 0}
@@ -421,11 +477,17 @@ class Catalog:
                 created_at=datetime.now(UTC),
                 files=totals[0],
                 bytes=totals[1],
-                **counts,
+                added=counts["added"],
+                modified=counts["modified"],
+                removed=counts["removed"],
+                snapshot=snapshot.policy if snapshot else "none",
+                restorable=snapshot.restorable if snapshot else False,
+                snapshot_note=snapshot.note if snapshot else None,
             )
             db.execute(
                 "INSERT INTO versions(dataset_id, seq, version_id, parent_seq, parent_version_id, created_at,"
-                " files, bytes, added, modified, removed) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " files, bytes, added, modified, removed, snapshot, restorable, snapshot_note)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     dataset.id,
                     seq,
@@ -438,6 +500,9 @@ class Catalog:
                     row.added,
                     row.modified,
                     row.removed,
+                    row.snapshot,
+                    int(row.restorable),
+                    row.snapshot_note,
                 ),
             )
             closing = [(seq, dataset.id, c.path) for c in changes if c.change != "added"]
@@ -599,3 +664,134 @@ class Catalog:
                 (time.time() - older_than_seconds,),
             )
             return cur.rowcount
+
+    # -- tags -----------------------------------------------------------------------------
+
+    def tags(self, dataset: str) -> list[TagRow]:
+        ds = self.dataset(dataset)
+        rows = self._db.execute(
+            "SELECT label, seq, created_at FROM tags WHERE dataset_id=? ORDER BY seq, label", (ds.id,)
+        ).fetchall()
+        return [TagRow(dataset, label, seq, datetime.fromisoformat(created)) for label, seq, created in rows]
+
+    def tag_seq(self, dataset: str, label: str) -> int | None:
+        ds = self.dataset(dataset)
+        row = self._db.execute("SELECT seq FROM tags WHERE dataset_id=? AND label=?", (ds.id, label)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_tag(
+        self,
+        dataset: str,
+        label: str,
+        seq: int | None,
+        build_messages: Callable[[int | None], list[OutboxMessage]],
+    ) -> int | None:
+        """Point ``label`` at version ``seq`` (None: remove it) and queue its event; the version it named before.
+
+        ``build_messages`` gets that previous version, so the event can say the label moved.
+        """
+        ds = self.dataset(dataset)
+        with self.transaction() as db:
+            row = db.execute("SELECT seq FROM tags WHERE dataset_id=? AND label=?", (ds.id, label)).fetchone()
+            previous = None if row is None else int(row[0])
+            if seq is None:
+                db.execute("DELETE FROM tags WHERE dataset_id=? AND label=?", (ds.id, label))
+            else:
+                db.execute(
+                    "INSERT INTO tags(dataset_id, label, seq, created_at) VALUES (?,?,?,?)"
+                    " ON CONFLICT(dataset_id, label) DO UPDATE SET seq=excluded.seq, created_at=excluded.created_at",
+                    (ds.id, label, seq, _now_iso()),
+                )
+            self._enqueue(db, build_messages(previous))
+        return previous
+
+    # -- lineage and retention ------------------------------------------------------------
+
+    def record_lineage(self, dataset: str, seq: int, version_id: str, run_id: str) -> bool:
+        """Remember that retraining run ``run_id`` used ``dataset@seq``; False when known or not ours.
+
+        A run naming a version this catalog does not have (another host's dataset of the same
+        name, a version id that does not match) is not recorded.
+        """
+        try:
+            ds = self.dataset(dataset)
+        except VersionNotFoundError:
+            return False
+        with self.transaction() as db:
+            found = db.execute(
+                "SELECT 1 FROM versions WHERE dataset_id=? AND seq=? AND version_id=?", (ds.id, seq, version_id)
+            ).fetchone()
+            if found is None:
+                return False
+            cur = db.execute(
+                "INSERT OR IGNORE INTO lineage(dataset_id, seq, run_id, version_id, recorded_at) VALUES (?,?,?,?,?)",
+                (ds.id, seq, run_id, version_id, _now_iso()),
+            )
+            return cur.rowcount == 1
+
+    def lineage_runs(self, dataset: str) -> dict[int, list[str]]:
+        """Recorded retraining runs by the version they used."""
+        ds = self.dataset(dataset)
+        out: dict[int, list[str]] = {}
+        for seq, run_id in self._db.execute(
+            "SELECT seq, run_id FROM lineage WHERE dataset_id=? ORDER BY seq, recorded_at", (ds.id,)
+        ):
+            out.setdefault(int(seq), []).append(str(run_id))
+        return out
+
+    def dataset_names(self) -> list[str]:
+        return [str(r[0]) for r in self._db.execute("SELECT name FROM datasets ORDER BY name")]
+
+    def mark_collected(self, dataset: str, seqs: Iterable[int]) -> int:
+        """Record that these versions' bytes are no longer kept; they stay in the catalog."""
+        ds = self.dataset(dataset)
+        now = _now_iso()
+        with self.transaction() as db:
+            cur = db.executemany(
+                "UPDATE versions SET restorable=0, collected_at=?"
+                " WHERE dataset_id=? AND seq=? AND collected_at IS NULL",
+                [(now, ds.id, seq) for seq in seqs],
+            )
+            return cur.rowcount
+
+    def live_hashes(self, excluding: Mapping[str, Iterable[int]] | None = None) -> set[str]:
+        """Every hash a restorable version of any dataset needs: what the content store must keep.
+
+        ``excluding`` leaves some versions out (by dataset name), to see what collecting them frees.
+        """
+        left_out = {(name, seq) for name, seqs in (excluding or {}).items() for seq in seqs}
+        kept: dict[int, list[int]] = {}
+        for dataset_id, name, seq in self._db.execute(
+            "SELECT v.dataset_id, d.name, v.seq FROM versions v JOIN datasets d ON d.id=v.dataset_id"
+            " WHERE v.restorable=1 AND v.collected_at IS NULL ORDER BY v.dataset_id, v.seq"
+        ):
+            if (name, seq) not in left_out:
+                kept.setdefault(int(dataset_id), []).append(int(seq))
+        live: set[str] = set()
+        for dataset_id, seqs in kept.items():
+            rows = self._db.execute(
+                "SELECT hash, from_seq, to_seq FROM entries WHERE dataset_id=? AND from_seq<=?", (dataset_id, seqs[-1])
+            )
+            for digest, first, end in rows:
+                # The entry belongs to versions first..end-1: is one of the kept versions in there?
+                i = bisect_left(seqs, first)
+                if i < len(seqs) and (end is None or seqs[i] < end):
+                    live.add(str(digest))
+        return live
+
+    def users_of(self, hashes: Iterable[str]) -> dict[str, list[tuple[str, int, str]]]:
+        """For each hash, the restorable versions (dataset, seq, path) whose files have those bytes."""
+        wanted = set(hashes)
+        out: dict[str, list[tuple[str, int, str]]] = {}
+        if not wanted:
+            return out
+        rows = self._db.execute(
+            "SELECT d.name, v.seq, e.path, e.hash FROM versions v JOIN datasets d ON d.id=v.dataset_id"
+            " JOIN entries e ON e.dataset_id=v.dataset_id AND e.from_seq<=v.seq"
+            " AND (e.to_seq IS NULL OR e.to_seq>v.seq)"
+            " WHERE v.restorable=1 AND v.collected_at IS NULL"
+        )
+        for name, seq, path, digest in rows:
+            if digest in wanted:
+                out.setdefault(str(digest), []).append((str(name), int(seq), str(path)))
+        return out

@@ -59,8 +59,16 @@ def _version_line(row: VersionRow) -> str:
     return (
         f"{row.dataset}@{row.seq}  +{row.added} ~{row.modified} -{row.removed}  "
         f"{row.files} files {_human_bytes(row.bytes)}  id {row.version_id[:12]}  "
-        f"{row.created_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}"
+        f"{row.created_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}{_restorable_mark(row)}"
     )
+
+
+def _restorable_mark(row: VersionRow) -> str:
+    if row.restorable:
+        return ""
+    if row.collected_at is not None:
+        return "  [collected]"
+    return "  [no snapshot]" if row.snapshot == "none" else "  [not restorable]"
 
 
 def _version_dict(row: VersionRow) -> dict[str, Any]:
@@ -76,13 +84,17 @@ def _version_dict(row: VersionRow) -> dict[str, Any]:
         "added": row.added,
         "modified": row.modified,
         "removed": row.removed,
+        "snapshot": row.snapshot,
+        "restorable": row.restorable,
+        "snapshot_note": row.snapshot_note,
+        "collected_at": row.collected_at.isoformat() if row.collected_at else None,
     }
 
 
 def _parse_ref(ref: str) -> tuple[str, str]:
     name, sep, which = ref.partition("@")
     if not sep or not name or not which:
-        raise click.BadParameter(f"{ref!r}: write NAME@N or NAME@latest, e.g. sales@3", param_hint="REF")
+        raise click.BadParameter(f"{ref!r}: write NAME@N, NAME@latest or NAME@TAG, e.g. sales@3", param_hint="REF")
     return name, which
 
 
@@ -98,6 +110,8 @@ def cli() -> None:
       strandline versions NAME            list a dataset's versions
       strandline show NAME@latest         what changed in the newest version
       strandline events tail              read the events other systems receive
+      strandline restore NAME@N --to DIR  bring a version's files back
+      strandline diff NAME@A NAME@B       files, schema and statistics that changed
       strandline consume drift|retrain|alerts   act on the events
       strandline drift NAME@A NAME@B      did the data drift between two versions?
       strandline doctor                   is everything set up right?
@@ -318,7 +332,7 @@ def show(ref: str, config: Path | None, files: bool, as_json: bool) -> None:
 
 
 def _resolve(catalog: Any, ref: str) -> VersionRow:
-    """The version a NAME@N / NAME@latest reference names."""
+    """The version a NAME@N / NAME@latest / NAME@TAG reference names."""
     name, which = _parse_ref(ref)
     if which == "latest":
         row: VersionRow | None = catalog.latest_version(name)
@@ -328,7 +342,10 @@ def _resolve(catalog: Any, ref: str) -> VersionRow:
         return row
     if which.isdigit():
         return catalog.version(name, int(which))  # type: ignore[no-any-return]
-    raise click.BadParameter(f"{which!r} is not a version number or 'latest'", param_hint="REF")
+    seq = catalog.tag_seq(name, which)
+    if seq is None:
+        raise VersionNotFoundError(f"{name} has no version tagged {which!r}: `strandline tags {name}` lists its tags")
+    return catalog.version(name, seq)  # type: ignore[no-any-return]
 
 
 def _quality_dict(quality: Quality | None) -> dict[str, Any]:
@@ -543,8 +560,10 @@ def doctor(folder: Path | None, config: Path | None, as_json: bool) -> None:
 def _register_consumer_commands() -> None:
     # At import, so that `cli` (and the tests' CliRunner) has every command; consumers.cli is light.
     from consumers.cli import register
+    from daemon.cli_timemachine import register as register_time_machine
 
     register(cli)
+    register_time_machine(cli)
 
 
 _register_consumer_commands()

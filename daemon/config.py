@@ -99,6 +99,11 @@ def catalog_path(config: StrandlineConfig) -> Path:
     return state_dir(config) / "catalog.sqlite"
 
 
+def store_path(config: StrandlineConfig) -> Path:
+    """The content store's folder: ``[store] path``, else ``store/`` in the state folder."""
+    return (config.store.path or state_dir(config) / "store").resolve()
+
+
 _SAFE = re.compile(DATASET_NAME_PATTERN)
 
 

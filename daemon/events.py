@@ -29,12 +29,14 @@ from schemas.events import (
     FileChange,
     InputRejected,
     ProfileRef,
+    SnapshotInfo,
     TableSummary,
     ValidationFailed,
     ValidationSummary,
     VersionChanges,
     VersionCreated,
     VersionProfile,
+    VersionTagged,
     VersionTotals,
     dataschema_urn,
 )
@@ -210,6 +212,11 @@ def version_messages(
         validation=validation,
         problems=problems,
         problems_truncated=len(quality.problems) > len(problems),
+        snapshot=SnapshotInfo(
+            policy=row.snapshot,
+            restorable=row.restorable,
+            reason=row.snapshot_note,
+        ),
     )
     messages += [
         record(
@@ -277,4 +284,21 @@ def rejection_message(kafka: KafkaConfig, host: str, rejected: InputRejected) ->
             f"{rejected.dataset}:{rejected.path}",
             rejected.detected_at,
         ),
+    )
+
+
+def tag_message(kafka: KafkaConfig, tagged: VersionTagged) -> OutboxMessage:
+    """``dataset.version.tagged`` / ``untagged``, keyed by dataset so it stays in order with its versions."""
+    event_type = "dataset.version.tagged" if tagged.version is not None else "dataset.version.untagged"
+    source = source_uri(tagged.host, tagged.dataset)
+    target = f"{tagged.dataset}@{tagged.version}" if tagged.version is not None else tagged.dataset
+    return cloud_event(
+        kafka.versions_topic,
+        tagged.dataset,
+        event_type,
+        tagged,
+        ce_id=event_id(event_type, source, tagged.tag, str(tagged.version), tagged.at.isoformat()),
+        source=source,
+        subject=f"{target}#{tagged.tag}",
+        time=tagged.at,
     )

@@ -39,7 +39,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -84,9 +84,10 @@ class ContentSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RestoreSummary:
-    files: int
-    bytes: int
+    files: int  # files of the version now in the target
+    bytes: int  # bytes written
     removed: int = 0
+    unchanged: int = 0  # files already in place with the right bytes, left alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +218,27 @@ class _Folders:
         self._fds = {(): self._fds[()]}
 
 
+def _still_to_write(
+    target: str,
+    entries: list[_Entry],
+    blocked: list[Parts],
+    manifest: Mapping[str, tuple[int, str]] | Mapping[str, FileState],
+    unchanged: Callable[[str, os.stat_result, FileState | tuple[int, str]], bool],
+) -> list[_Entry]:
+    """The entries whose file is not already in place (as ``unchanged`` vouches), in order."""
+    stop = set(blocked)
+    out: list[_Entry] = []
+    for e in entries:
+        # Only below real folders (a blocked one may be a symlink): lstat never passes a link.
+        if not any(e.parts[:d] in stop for d in range(1, len(e.parts) + 1)):
+            st = _lstat(target, e.parts)
+            regular = st is not None and stat.S_ISREG(st.st_mode) and st.st_size == e.size
+            if regular and st is not None and unchanged(e.rel, st, manifest[e.rel]):
+                continue
+        out.append(e)
+    return out
+
+
 def _stage(store: ContentSource, staging_fd: int, index: int, entry: _Entry) -> int:
     fd = os.open(str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=staging_fd)
     written = 0
@@ -236,8 +258,18 @@ def _stage(store: ContentSource, staging_fd: int, index: int, entry: _Entry) -> 
     return written
 
 
-def _prune(dir_fd: int, prefix: Parts, keep_files: set[Parts], keep_dirs: set[Parts], staging: str) -> tuple[int, bool]:
-    """Remove what is not kept under one folder; (entries removed, folder now empty)."""
+def _prune(
+    dir_fd: int,
+    prefix: Parts,
+    keep_files: set[Parts],
+    keep_dirs: set[Parts],
+    staging: str,
+    owned: Callable[[str], bool] | None = None,
+) -> tuple[int, bool]:
+    """Remove what is not kept under one folder; (entries removed, folder now empty).
+
+    With ``owned``, only files it claims are removed; folders are still entered, and go only when emptied.
+    """
     removed = 0
     left = 0
     with os.scandir(dir_fd) as it:
@@ -253,7 +285,7 @@ def _prune(dir_fd: int, prefix: Parts, keep_files: set[Parts], keep_dirs: set[Pa
         if is_dir:
             sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             try:
-                sub_removed, empty = _prune(sub_fd, parts, keep_files, keep_dirs, staging)
+                sub_removed, empty = _prune(sub_fd, parts, keep_files, keep_dirs, staging, owned)
             finally:
                 os.close(sub_fd)
             removed += sub_removed
@@ -263,6 +295,9 @@ def _prune(dir_fd: int, prefix: Parts, keep_files: set[Parts], keep_dirs: set[Pa
                 removed += 1
             else:
                 left += 1
+            continue
+        if owned is not None and not owned("/".join(parts)):
+            left += 1
             continue
         os.unlink(name, dir_fd=dir_fd)
         removed += 1
@@ -275,6 +310,9 @@ def restore(
     target_dir: str | os.PathLike[str],
     *,
     prune: bool = False,
+    owned: Callable[[str], bool] | None = None,
+    unchanged: Callable[[str, os.stat_result, FileState | tuple[int, str]], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> RestoreSummary:
     """Write exactly the manifest's files into ``target_dir`` (see the module docstring).
 
@@ -283,6 +321,11 @@ def restore(
     Raises ``UnsafePathError`` for a path that is not clean and relative, and ``RestoreError``
     when a file's content is missing or damaged in the store, something stands in the way, or
     the disk fails; the target is then unchanged, unless the message says otherwise.
+
+    For an in-place revert: ``owned(rel)`` limits pruning to the files it returns True for (the
+    dataset's, not the files its filters leave out); ``unchanged(rel, lstat, wanted)`` vouches
+    that a regular file already at ``rel`` holds the wanted bytes (e.g. the catalog's stat cache
+    says so), so it is not rewritten. ``progress(bytes)`` is called as each file is staged.
     """
     target = os.path.realpath(target_dir)
     created: list[str] = []  # folders this call makes, deepest first, to remove again on failure
@@ -296,7 +339,7 @@ def restore(
     except OSError as exc:
         raise RestoreError(f"cannot use {target} as the restore target: {exc}") from exc
     try:
-        summary = _restore(store, manifest, target, name_max, prune)
+        summary = _restore(store, manifest, target, name_max, prune, owned, unchanged, progress)
     except BaseException:
         for folder in created:
             with suppress(OSError):
@@ -318,6 +361,9 @@ def _restore(
     target: str,
     name_max: int,
     prune: bool,
+    owned: Callable[[str], bool] | None,
+    unchanged: Callable[[str, os.stat_result, FileState | tuple[int, str]], bool] | None,
+    progress: Callable[[int], None] | None,
 ) -> RestoreSummary:
     entries = _plan(manifest, name_max)
     dirs = _needed_dirs(entries)
@@ -334,8 +380,11 @@ def _restore(
             "(a symlink is never written through); move them away or restore with prune; target unchanged"
         )
 
+    keep_files = {e.parts for e in entries}
+    if unchanged is not None:
+        entries = _still_to_write(target, entries, blocked, manifest, unchanged)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    top_names = {e.parts[0] for e in entries}
+    top_names = {p[0] for p in keep_files}
     staging = ""
     staging_fd = -1
     try:
@@ -352,7 +401,10 @@ def _restore(
         total = 0
         for index, entry in enumerate(entries):
             try:
-                total += _stage(store, staging_fd, index, entry)
+                written = _stage(store, staging_fd, index, entry)
+                total += written
+                if progress is not None:
+                    progress(written)
             except RestoreError:
                 raise
             except StrandlineError as exc:
@@ -360,8 +412,8 @@ def _restore(
             except OSError as exc:
                 full = "; the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
                 raise RestoreError(f"cannot stage {entry.rel!r} in {target}: {exc}{full}; target unchanged") from exc
-        removed = _commit(root_fd, staging_fd, staging, entries, dirs, blocked, prune, target)
-        return RestoreSummary(len(entries), total, removed)
+        removed = _commit(root_fd, staging_fd, staging, entries, keep_files, dirs, blocked, prune, owned, target)
+        return RestoreSummary(len(keep_files), total, removed, len(keep_files) - len(entries))
     finally:
         if staging_fd >= 0:
             os.close(staging_fd)
@@ -376,9 +428,11 @@ def _commit(
     staging_fd: int,
     staging: str,
     entries: list[_Entry],
+    keep_files: set[Parts],
     dirs: set[Parts],
     blocked: list[Parts],
     prune: bool,
+    owned: Callable[[str], bool] | None,
     target: str,
 ) -> int:
     """Rename every staged file into place, then prune. Past this point a failure leaves a partial restore."""
@@ -400,7 +454,7 @@ def _commit(
         for parts in folders.touched:
             os.fsync(folders.fd(parts, create=False))
         if prune:
-            pruned, _empty = _prune(root_fd, (), {e.parts for e in entries}, dirs, staging)
+            pruned, _empty = _prune(root_fd, (), keep_files, dirs, staging, owned)
             removed += pruned
             os.fsync(root_fd)
     except OSError as exc:

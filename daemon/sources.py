@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError, hash_file
 from daemon.manifest import FileState
 from daemon.scanner import FileStat, OnReject, Rejection, stat_error, stat_paths, walk
 from schemas.config import S3Config, is_bucket_url
+
+if TYPE_CHECKING:
+    from daemon.content_store import ContentStore, PutMode, PutResult
 
 # A local file modified this recently may change again within the same mtime tick; its stat is
 # not trusted for the cache ("racy git"), so it is simply re-hashed next time.
@@ -74,6 +77,13 @@ class Source(Protocol):
         """Drop anything kept for the pass that just ended."""
         ...
 
+    def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
+        """Put the bytes of ``rel``, which must still be ``state``, into the content store (a snapshot).
+
+        Raises what ``ContentStore.put`` raises: ``SourceChangedError`` when the bytes moved on.
+        """
+        ...
+
 
 class LocalSource:
     """A folder on this host, read in place."""
@@ -123,6 +133,9 @@ class LocalSource:
 
     def finish_pass(self) -> None:
         return None
+
+    def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
+        return store.put(os.path.join(self.root, rel), state.hash, state.size, mode)
 
 
 def open_source(location: str, *, spool_dir: str, settings: S3Config) -> Source:

@@ -11,16 +11,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from daemon.assess import Assessor, ChangedWhileProfilingError
-from daemon.catalog import Catalog, DatasetRow, VersionRow
+from daemon.catalog import Catalog, DatasetRow, Snapshot, VersionRow
 from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
 from daemon.manifest import FileState, diff, version_id
 from daemon.scanner import FileStat, Rejection, display_path, is_utf8
+from daemon.snapshots import KeepResult, SnapshotRetry, Snapshotter
 from daemon.sources import Source
 from daemon.validation import load_suite
 from schemas.config import DatasetConfig, StrandlineConfig
@@ -39,6 +41,7 @@ class Outcome:
     version: VersionRow | None = None
     changes: list[FileChange] = field(default_factory=list)
     retry: bool = False  # a file was still being written: run again after the next quiet period
+    stored_bytes: int = 0  # new bytes the snapshot put in the content store
 
 
 class Versioner:
@@ -52,6 +55,7 @@ class Versioner:
         on_version: Callable[[VersionRow, list[FileChange]], None] | None = None,
         *,
         source: Source,
+        snapshotter: Snapshotter | None = None,
     ) -> None:
         self.catalog = catalog
         self.config = config
@@ -64,6 +68,7 @@ class Versioner:
         self.assessor = Assessor(
             self.root, dataset, load_suite(dataset.suite) if dataset.suite else None, source.table_path
         )
+        self.snapshotter = snapshotter  # None: versions are recorded as not restorable (policy none)
         self._on_version = on_version
         self._reported: set[tuple[str, str]] = set()
         self.rejections: Counter[str] = Counter()  # rejected paths by reason (for /metrics)
@@ -185,18 +190,34 @@ class Versioner:
             )
             outcome.retry = True
             return outcome
-        row = self.catalog.commit_version(
-            self.row,
-            vid,
-            changes,
-            fresh,
-            totals,
-            lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes, quality),
-            marker_stat=marker_stat,
-            quality=quality,
-            tables=tables,
-        )
+        # The bytes go to the store before the version and its event are recorded, and gc waits
+        # (the shared lock) until the version that needs them is committed.
+        with self._store_lock():
+            try:
+                kept = self._keep(current, fresh, latest)
+            except SnapshotRetry as exc:
+                log.info(
+                    "dataset %s: %s; versioning after it settles",
+                    self.dataset.name,
+                    exc,
+                    extra={"dataset": self.dataset.name},
+                )
+                outcome.retry = True
+                return outcome
+            row = self.catalog.commit_version(
+                self.row,
+                vid,
+                changes,
+                fresh,
+                totals,
+                lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes, quality),
+                marker_stat=marker_stat,
+                quality=quality,
+                tables=tables,
+                snapshot=kept.snapshot,
+            )
         outcome.version, outcome.changes = row, changes
+        outcome.stored_bytes = kept.stored_bytes
         log.info(
             "dataset %s: version %d created (+%d ~%d -%d, %d files, %d bytes, id %s, %s)",
             row.dataset,
@@ -222,6 +243,21 @@ class Versioner:
         if self._on_version is not None:
             self._on_version(row, changes)
         return outcome
+
+    def _store_lock(self) -> AbstractContextManager[None]:
+        return self.snapshotter.lock.shared() if self.snapshotter is not None else nullcontext()
+
+    def _keep(
+        self, current: dict[str, FileState], fresh: dict[str, FileState], parent: VersionRow | None
+    ) -> KeepResult:
+        """Snapshot the version: its new files, or all of them when the parent is not restorable."""
+        if self.snapshotter is None or self.snapshotter.mode is None:
+            return KeepResult(Snapshot("none", False, None))
+        # A restorable parent vouches for every unchanged file; otherwise (first version, a full
+        # disk last time, a policy that was none) what is missing is stored now.
+        needed = fresh if parent is not None and parent.restorable else current
+        with self.snapshotter.store.batch():
+            return self.snapshotter.keep(needed)
 
     def _hash(self, rel: str, fs: FileStat, outcome: Outcome) -> FileState | None:
         """The file's fresh state; None when it vanished, cannot be read, or is still changing."""

@@ -46,6 +46,7 @@ DEFAULT_IGNORES: tuple[str, ...] = (
 )
 
 Seconds = Annotated[float, Field(ge=0.0, le=86400.0)]
+SnapshotPolicy = Literal["auto", "copy", "reflink", "hardlink", "none"]
 TableFormat = Literal["parquet", "csv", "jsonl", "arrow", "orc"]
 
 
@@ -284,6 +285,19 @@ class DatasetConfig(BaseModel):
     )
     poll_interval_seconds: Annotated[float, Field(ge=0.1, le=86400.0)] | None = Field(
         None, description="Bucket roots only: seconds between listings (default: [s3] poll_interval_seconds)."
+    )
+    snapshot: SnapshotPolicy = Field(
+        "auto",
+        description="How versions keep their bytes in the content store ([store] path), so they can be restored:"
+        " copy, reflink (copy-on-write clone), hardlink (links the file and makes it read-only, as DVC does),"
+        " none (metadata only: such versions cannot be restored), or auto: reflink where the filesystem can,"
+        " else copy. Bucket roots always copy.",
+    )
+    keep_last: int | None = Field(
+        None, ge=1, description="Retention for `strandline gc`: keep the bytes of the newest N versions."
+    )
+    keep_days: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="Retention for `strandline gc`: keep the bytes of versions younger than this many days."
     )
 
     @field_validator("root", mode="before")
@@ -582,6 +596,25 @@ class S3Config(_Section):
     notifications: S3NotificationsConfig = Field(default_factory=S3NotificationsConfig)
 
 
+class StoreConfig(_Section):
+    """The content store: the bytes of every version, kept once by hash (see `strandline restore` and `gc`)."""
+
+    path: Path | None = Field(
+        None,
+        description="Folder of the content store (default: store/ in state_dir). Same filesystem as the"
+        " data for reflink and hardlink snapshots.",
+    )
+    keep_last: int | None = Field(
+        None,
+        ge=1,
+        description="Default retention for `strandline gc`: keep the bytes of each dataset's newest N versions."
+        " With neither keep_last nor keep_days (here or on the dataset), gc keeps every version.",
+    )
+    keep_days: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="Default retention for `strandline gc`: keep the bytes of versions younger than this."
+    )
+
+
 class StrandlineConfig(BaseSettings):
     """The whole configuration of a Strandline host."""
 
@@ -617,6 +650,7 @@ class StrandlineConfig(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     s3: S3Config = Field(default_factory=S3Config)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     datasets: tuple[DatasetConfig, ...] = Field((), description="Watched datasets ([[datasets]] tables).")
     consumers: ConsumersConfig = Field(default_factory=ConsumersConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)

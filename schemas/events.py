@@ -102,6 +102,21 @@ class ValidationSummary(_Event):
     failures_truncated: bool = False
 
 
+SnapshotPolicyName = Literal["copy", "reflink", "hardlink", "none"]
+
+
+class SnapshotInfo(_Event):
+    """Whether a subscriber can restore this version (`strandline restore NAME@N`)."""
+
+    policy: SnapshotPolicyName = Field(
+        description="How the version's bytes were kept: copy, reflink, hardlink, or none (metadata only)."
+    )
+    restorable: bool = Field(
+        description="Every file's bytes were in the content store before this event was published."
+    )
+    reason: str | None = Field(None, description="Why a version that wanted a snapshot is not restorable.")
+
+
 class VersionCreated(_Event):
     """``dataset.version.created``: a quiet change-set became an immutable dataset version."""
 
@@ -130,6 +145,9 @@ class VersionCreated(_Event):
     validation: ValidationSummary | None = None
     problems: tuple[FileProblem, ...] = Field((), description="Tabular files that could not be read.")
     problems_truncated: bool = False
+    snapshot: SnapshotInfo | None = Field(
+        None, description="Whether the version can be restored; absent from daemons older than the time machine."
+    )
 
 
 class VersionChanges(_Event):
@@ -270,6 +288,23 @@ class RetrainFinished(_Event):
     host: str
 
 
+class VersionTagged(_Event):
+    """``dataset.version.tagged`` / ``dataset.version.untagged`` (on ``<prefix>.versions``, key = dataset).
+
+    A label (``prod``, ``baseline``) names one version of a dataset at a time: tagging another
+    version moves it (``previous_version`` says from where); untagging removes it.
+    """
+
+    schema_version: Literal[1] = 1
+    dataset: str
+    tag: str = Field(description="The label, usable as NAME@LABEL wherever a version is named.")
+    version: int | None = Field(None, ge=1, description="The version the label now names (null once untagged).")
+    version_id: str | None = None
+    previous_version: int | None = Field(None, ge=1, description="The version the label named before, if any.")
+    host: str
+    at: datetime
+
+
 class DaemonHealth(_Event):
     """``daemon.degraded`` / ``daemon.recovered`` (on ``<prefix>.versions``, key = host).
 
@@ -297,6 +332,8 @@ EVENT_TYPES: dict[str, type[_Event]] = {
     "dataset.drift.cleared": DriftCleared,
     "model.retrain.started": RetrainStarted,
     "model.retrain.finished": RetrainFinished,
+    "dataset.version.tagged": VersionTagged,
+    "dataset.version.untagged": VersionTagged,
     "daemon.degraded": DaemonHealth,
     "daemon.recovered": DaemonHealth,
 }

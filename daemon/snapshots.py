@@ -1,0 +1,185 @@
+"""Keeping a new version's bytes in the content store before the version is recorded (issue 6).
+
+The versioner hands over the files a version needs; ``Snapshotter.keep`` stores what the store
+does not have yet and says whether the version is restorable. It runs before the catalog
+transaction that records the version and queues its event, so a subscriber that sees a
+version can restore it, unless the event says otherwise:
+
+- policy ``none``: nothing is stored, the version is recorded as not restorable;
+- a full disk or a failing store: the version is still recorded (a change seen is a change
+  versioned) but as not restorable, with the reason; the user's files are only ever read;
+- a file that changed or vanished since it was hashed: ``SnapshotRetry``, and the versioner
+  runs the pass again once the file settles, as it does when a table changes while profiled.
+
+Policies: ``copy``; ``reflink`` (copy-on-write clone, falls back to copy where the filesystem
+cannot clone); ``hardlink`` (the file is linked into the store and made read-only, so a later
+in-place edit fails instead of corrupting the stored version; falls back to copy per file);
+``auto``: reflink where the store's filesystem can clone the data's files, else copy.
+
+``StoreLock`` keeps ``strandline gc`` from deleting objects between their put and the commit
+of the version that needs them: versioners hold it shared from the first put to the commit,
+gc holds it exclusively while it deletes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from daemon.catalog import Snapshot
+from daemon.content_store import (
+    ContentStore,
+    HardlinkUnsupportedError,
+    PutMode,
+    PutResult,
+    ReflinkUnsupportedError,
+    SourceChangedError,
+    StoreError,
+    StoreFullError,
+    reflink_supported,
+)
+from daemon.errors import StrandlineError, UnreadableDataError
+from daemon.manifest import FileState
+from daemon.sources import Source
+from schemas.config import SnapshotPolicy
+
+log = logging.getLogger(__name__)
+
+_LOCK_NAME: Final = "LOCK"
+
+
+class SnapshotRetry(StrandlineError):
+    """A file changed or vanished between its hash and its snapshot: version it once it settles."""
+
+
+class StoreLockTimeout(StrandlineError):
+    """The content store stayed busy (a versioner mid-commit, or another gc) for too long."""
+
+
+class StoreLock:
+    """An advisory lock file in the store folder (flock: released when the holder dies)."""
+
+    def __init__(self, store_root: str | os.PathLike[str]) -> None:
+        self.path = Path(store_root) / _LOCK_NAME
+
+    @contextmanager
+    def _held(self, operation: int, timeout: float | None) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, operation | (fcntl.LOCK_NB if deadline is not None else 0))
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise StoreLockTimeout(
+                            f"the content store {self.path.parent} stayed busy for {timeout:.0f} s; try again"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def shared(self) -> AbstractContextManager[None]:
+        """Held by a versioner from its first put until its version is committed."""
+        return self._held(fcntl.LOCK_SH, None)
+
+    def exclusive(self, timeout: float = 600.0) -> AbstractContextManager[None]:
+        """Held by gc while it deletes; waits for versioners mid-commit."""
+        return self._held(fcntl.LOCK_EX, timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepResult:
+    snapshot: Snapshot
+    stored_files: int = 0  # files whose bytes were new to the store
+    stored_bytes: int = 0
+
+
+def resolve_policy(policy: SnapshotPolicy, store_root: Path, source: Source) -> PutMode | None:
+    """The put mode a dataset's policy means here; None for ``none``."""
+    if policy == "none":
+        return None
+    if not isinstance(source.location, str) or "://" in source.location:
+        return "copy"  # a bucket's bytes arrive as a stream: nothing to clone or link
+    if policy == "auto":
+        store_root.mkdir(parents=True, exist_ok=True)
+        try:
+            same_fs = os.stat(source.location).st_dev == os.stat(store_root).st_dev
+        except OSError:
+            same_fs = False
+        return "reflink" if same_fs and reflink_supported(store_root) else "copy"
+    return policy
+
+
+class Snapshotter:
+    """Stores one dataset's files in the content store. Driven by its versioner's thread."""
+
+    def __init__(self, store: ContentStore, dataset: str, policy: SnapshotPolicy, source: Source) -> None:
+        self.store = store
+        self.dataset = dataset
+        self.source = source
+        self.lock = StoreLock(store.root)
+        self.mode = resolve_policy(policy, Path(store.root), source)
+        self._warned: set[str] = set()
+
+    @property
+    def policy(self) -> str:
+        return self.mode or "none"
+
+    def keep(self, states: Mapping[str, FileState]) -> KeepResult:
+        """Make sure the store has every file of ``states``; hold ``self.lock`` shared around this and the commit.
+
+        Raises ``SnapshotRetry`` when a file no longer has the hashed bytes.
+        """
+        if self.mode is None:
+            return KeepResult(Snapshot("none", False, None))
+        files = stored = 0
+        for rel, state in states.items():
+            if self.store.has(state.hash, state.size):
+                continue
+            try:
+                result = self._put(rel, state)
+            except (SourceChangedError, UnreadableDataError) as exc:
+                raise SnapshotRetry(f"{rel}: {exc}") from exc
+            except StoreFullError as exc:
+                return self._failed(f"the content store is full ({exc}): free space in {self.store.root}", exc)
+            except StoreError as exc:
+                return self._failed(f"the content store failed ({exc}): check {self.store.root}", exc)
+            files += 1
+            stored += result.new_bytes
+        return KeepResult(Snapshot(self.policy, True, None), files, stored)
+
+    def _failed(self, note: str, exc: StoreError) -> KeepResult:
+        log.error(
+            "dataset %s: the new version will not be restorable: %s; the next version stores what is missing",
+            self.dataset,
+            note,
+            extra={"dataset": self.dataset},
+        )
+        return KeepResult(Snapshot(self.policy, False, note))
+
+    def _put(self, rel: str, state: FileState) -> PutResult:
+        mode = self.mode or "copy"
+        try:
+            return self.source.keep_bytes(rel, state, self.store, mode)
+        except ReflinkUnsupportedError as exc:
+            self._warn_once("reflink", f"cannot clone into {self.store.root} ({exc}); copying instead")
+            self.mode = "copy"  # the filesystem pair cannot clone at all: don't try per file
+        except HardlinkUnsupportedError as exc:
+            self._warn_once(rel, f"cannot hard-link {rel} ({exc}); copying it instead")
+        return self.source.keep_bytes(rel, state, self.store, "copy")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("dataset %s: %s", self.dataset, message, extra={"dataset": self.dataset})
