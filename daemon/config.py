@@ -71,6 +71,9 @@ def load_config(path: Path | None) -> StrandlineConfig:
             for key in _KAFKA_FILES:
                 if isinstance(kafka.get(key), str):
                     kafka[key] = str(base / kafka[key])
+        store = data.get("store")
+        if isinstance(store, dict) and isinstance(store.get("path"), str):
+            store["path"] = str(base / store["path"])
         consumers = data.get("consumers")
         if isinstance(consumers, dict) and isinstance(consumers.get("state_dir"), str):
             consumers["state_dir"] = str(base / consumers["state_dir"])

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from daemon.catalog import Catalog, VersionRow
 from daemon.config import state_dir, store_path
-from daemon.content_store import ContentStore
 from daemon.errors import ConfigError, StrandlineError
 from daemon.metrics import EngineMetrics
 from daemon.sdnotify import Heartbeat
@@ -120,7 +119,6 @@ class Engine:
         self.passes = 0  # versioning passes run (one per quiet change-set or reconcile)
         self.heartbeat = Heartbeat()  # beaten each time the loop comes round (systemd's watchdog)
         self.metrics = EngineMetrics()
-        self._store: ContentStore | None = None  # opened when a dataset first needs snapshots
         for ds in datasets:
             self._add(ds)
 
@@ -131,9 +129,7 @@ class Engine:
         source = open_source(ds.root, spool_dir=spool, settings=self.config.s3)
         snapshotter = None
         if ds.snapshot != "none":
-            if self._store is None:
-                self._store = ContentStore(store_path(self.config))
-            snapshotter = Snapshotter(self._store, ds.name, ds.snapshot, source)
+            snapshotter = Snapshotter(store_path(self.config), ds.name, ds.snapshot, source)
         versioner = Versioner(
             self.catalog, self.config, ds, on_version=self._on_version, source=source, snapshotter=snapshotter
         )

@@ -124,42 +124,68 @@ def resolve_policy(policy: SnapshotPolicy, store_root: Path, source: Source) -> 
 class Snapshotter:
     """Stores one dataset's files in the content store. Driven by its versioner's thread."""
 
-    def __init__(self, store: ContentStore, dataset: str, policy: SnapshotPolicy, source: Source) -> None:
-        self.store = store
+    def __init__(self, store_root: Path, dataset: str, policy: SnapshotPolicy, source: Source) -> None:
+        self.store_root = store_root
         self.dataset = dataset
         self.source = source
-        self.lock = StoreLock(store.root)
-        self.mode = resolve_policy(policy, Path(store.root), source)
+        self.lock = StoreLock(store_root)
+        self.wanted = policy
+        self.mode: PutMode | None = None if policy == "none" else "copy"  # settled when the store opens
+        self._store: ContentStore | None = None
         self._warned: set[str] = set()
 
     @property
     def policy(self) -> str:
         return self.mode or "none"
 
+    @property
+    def store(self) -> ContentStore:
+        """The content store, opened on first use (a store that cannot be opened fails a snapshot, not the daemon)."""
+        if self._store is None:
+            self._store = ContentStore(self.store_root)
+            self.mode = resolve_policy(self.wanted, self.store_root, self.source)
+        return self._store
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The store's batch (one sync for many small files), when the store can be opened."""
+        try:
+            store = self.store
+        except StoreError:
+            yield  # keep() reports it
+            return
+        with store.batch():
+            yield
+
     def keep(self, states: Mapping[str, FileState]) -> KeepResult:
         """Make sure the store has every file of ``states``; hold ``self.lock`` shared around this and the commit.
 
         Raises ``SnapshotRetry`` when a file no longer has the hashed bytes.
         """
-        if self.mode is None:
+        if self.wanted == "none":
             return KeepResult(Snapshot("none", False, None))
+        try:
+            store = self.store
+        except StoreError as exc:
+            return self.failed(f"the content store cannot be opened ({exc})")
         files = stored = 0
         for rel, state in states.items():
-            if self.store.has(state.hash, state.size):
+            if store.has(state.hash, state.size):
                 continue
             try:
                 result = self._put(rel, state)
             except (SourceChangedError, UnreadableDataError) as exc:
                 raise SnapshotRetry(f"{rel}: {exc}") from exc
             except StoreFullError as exc:
-                return self._failed(f"the content store is full ({exc}): free space in {self.store.root}", exc)
+                return self.failed(f"the content store is full ({exc}): free space in {store.root}")
             except StoreError as exc:
-                return self._failed(f"the content store failed ({exc}): check {self.store.root}", exc)
+                return self.failed(f"the content store failed ({exc}): check {store.root}")
             files += 1
             stored += result.new_bytes
         return KeepResult(Snapshot(self.policy, True, None), files, stored)
 
-    def _failed(self, note: str, exc: StoreError) -> KeepResult:
+    def failed(self, note: str) -> KeepResult:
+        """A snapshot that did not complete: the version is recorded, as not restorable, with ``note``."""
         log.error(
             "dataset %s: the new version will not be restorable: %s; the next version stores what is missing",
             self.dataset,

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from daemon.assess import Assessor, ChangedWhileProfilingError
 from daemon.catalog import Catalog, DatasetRow, Snapshot, VersionRow
+from daemon.content_store import StoreError
 from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
@@ -251,13 +252,16 @@ class Versioner:
         self, current: dict[str, FileState], fresh: dict[str, FileState], parent: VersionRow | None
     ) -> KeepResult:
         """Snapshot the version: its new files, or all of them when the parent is not restorable."""
-        if self.snapshotter is None or self.snapshotter.mode is None:
+        if self.snapshotter is None or self.snapshotter.wanted == "none":
             return KeepResult(Snapshot("none", False, None))
         # A restorable parent vouches for every unchanged file; otherwise (first version, a full
         # disk last time, a policy that was none) what is missing is stored now.
         needed = fresh if parent is not None and parent.restorable else current
-        with self.snapshotter.store.batch():
-            return self.snapshotter.keep(needed)
+        try:
+            with self.snapshotter.batch():
+                return self.snapshotter.keep(needed)
+        except StoreError as exc:  # the batch's closing sync failed: nothing is known durable
+            return self.snapshotter.failed(f"the content store could not sync ({exc})")
 
     def _hash(self, rel: str, fs: FileStat, outcome: Outcome) -> FileState | None:
         """The file's fresh state; None when it vanished, cannot be read, or is still changing."""

@@ -12,7 +12,21 @@ import pytest
 
 from daemon.cli import cli
 
-COMMANDS = ["watch", "scan", "datasets", "versions", "show", "events", "doctor"]
+COMMANDS = [
+    "watch",
+    "scan",
+    "datasets",
+    "versions",
+    "show",
+    "events",
+    "doctor",
+    "restore",
+    "diff",
+    "tag",
+    "tags",
+    "gc",
+    "verify",
+]
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,448 @@
+"""The time machine end to end: snapshots before publish, restore, diff, tags, gc, verify.
+
+Versions are made by the real daemon (or `strandline scan`) from files written by real tools;
+the commands run as `strandline` subprocesses on the same config; events are read back from
+the real broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from daemon.catalog import Catalog
+from daemon.config import catalog_path, store_path
+from daemon.content_store import ContentStore
+from daemon.events import cloud_event
+from schemas.config import DatasetConfig, StrandlineConfig
+from schemas.events import RetrainStarted
+from tests.helpers import probe_dataset, publish, read_events, start_daemon, version_events, wait_for
+
+MiB = 1024 * 1024
+
+
+def write_toml(config: StrandlineConfig, path: Path) -> Path:
+    """The config as a TOML file, for the `strandline` subprocesses (only what these tests set)."""
+    lines = [
+        f'state_dir = "{config.state_dir}"',
+        f"settle_seconds = {config.settle_seconds}",
+        "reconcile_interval_seconds = 0",
+        f'host = "{config.host}"',
+        "[kafka]",
+        f'bootstrap = "{config.kafka.bootstrap}"',
+        f'topic_prefix = "{config.kafka.topic_prefix}"',
+        "partitions = 1",
+    ]
+    if config.store.path is not None:
+        lines += ["[store]", f'path = "{config.store.path}"']
+    for ds in config.datasets:
+        lines += ["[[datasets]]", f'name = "{ds.name}"', f'root = "{ds.root}"', f'snapshot = "{ds.snapshot}"']
+        if ds.settle_seconds is not None:
+            lines.append(f"settle_seconds = {ds.settle_seconds}")
+        if ds.keep_last is not None:
+            lines.append(f"keep_last = {ds.keep_last}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def strandline(cfg: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args, "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    if check:
+        assert done.returncode == 0, f"strandline {' '.join(args)}: {done.stderr}"
+    return done
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under root (hidden ones too) by relative path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
+    }
+
+
+def random_bytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def snapshot_of(event: Any) -> dict[str, Any]:
+    return event.data["snapshot"]  # type: ignore[no-any-return]
+
+
+# -- round trip --------------------------------------------------------------------------------
+
+
+def test_every_version_of_a_changing_dataset_restores_byte_for_byte(
+    config_for: Any, data_dir: Path, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    config = config_for([DatasetConfig(name="sales", root=data_dir, snapshot="copy"), probe_dataset(tmp_path)])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    expected: list[dict[str, str | bytes]] = []
+    running = start_daemon(config)
+    try:
+        # 1: a CSV from pandas, a binary file in a subfolder.
+        pd.DataFrame({"id": range(100), "v": [i * 0.5 for i in range(100)]}).to_csv(data_dir / "t.csv", index=False)
+        (data_dir / "raw").mkdir()
+        (data_dir / "raw" / "blob.bin").write_bytes(random_bytes(300_000, 1))
+        wait_for(lambda: len(running.versions("sales")) == 1, what="version 1")
+        expected.append(tree(data_dir))
+        # 2: a modification, an addition, a removal.
+        with open(data_dir / "t.csv", "a") as fh:
+            fh.write("100,50.0\n")
+        (data_dir / "notes.txt").write_text("hello\n")
+        (data_dir / "raw" / "blob.bin").unlink()
+        wait_for(lambda: len(running.versions("sales")) == 2, what="version 2")
+        expected.append(tree(data_dir))
+        # 3: a file over the chunking threshold, copied in with cp.
+        big = tmp_path / "big.bin"
+        big.write_bytes(random_bytes(12 * MiB, 3))
+        subprocess.run(["cp", str(big), str(data_dir / "big.bin")], check=True)
+        wait_for(lambda: len(running.versions("sales")) == 3, what="version 3")
+        expected.append(tree(data_dir))
+        events = version_events(read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=3), "sales")
+    finally:
+        running.stop()
+    assert [snapshot_of(e) for e in events] == [{"policy": "copy", "restorable": True}] * 3
+    for n, files in enumerate(expected, start=1):
+        out = tmp_path / f"restored-{n}"
+        done = strandline(cfg, "restore", f"sales@{n}", "--to", str(out), "--json")
+        assert json.loads(done.stdout)["files"] == len(files)
+        assert tree(out) == files, f"version {n} did not come back byte for byte"
+    # The store holds each content once: version 2 re-used t.csv's old bytes nowhere, but
+    # notes.txt, the new t.csv and big.bin are the only additions after version 1.
+    store = ContentStore(store_path(config))
+    assert store.stats().blobs == 4 and store.stats().recipes == 1
+
+
+def test_the_same_bytes_are_stored_once_across_versions_and_datasets(config_for: Any, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    shared = random_bytes(200_000, 7)
+    (a / "x.bin").write_bytes(shared)
+    (b / "copy-of-x.bin").write_bytes(shared)
+    (b / "own.bin").write_bytes(random_bytes(50_000, 8))
+    config = config_for(
+        [DatasetConfig(name="a", root=a, snapshot="copy"), DatasetConfig(name="b", root=b, snapshot="copy")]
+    )
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    strandline(cfg, "scan", "--no-publish")
+    (a / "also-x.bin").write_bytes(shared)  # a second version of a, naming the same bytes again
+    strandline(cfg, "scan", "--no-publish")
+    stats = ContentStore(store_path(config)).stats()
+    assert stats.blobs == 2 and stats.blob_bytes == 250_000
+    with Catalog(catalog_path(config), readonly=True) as catalog:
+        assert [v.restorable for v in catalog.versions("a")] == [True, True]
+
+
+def test_appending_1_mib_to_a_large_csv_stores_about_1_mib(config_for: Any, data_dir: Path, tmp_path: Path) -> None:
+    rng = random.Random(5)
+
+    def rows(n: int) -> str:
+        return "".join(f"{rng.randrange(10**9)},{rng.random():.6f},name-{rng.randrange(10**6)}\n" for _ in range(n))
+
+    csv = data_dir / "events.csv"
+    with open(csv, "w") as fh:
+        while fh.tell() < 40 * MiB:
+            fh.write(rows(10_000))
+    config = config_for([DatasetConfig(name="ev", root=data_dir, snapshot="copy")])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    strandline(cfg, "scan", "--no-publish")
+    before = ContentStore(store_path(config)).stats().bytes
+    appended = 0
+    with open(csv, "a") as fh:
+        while appended < MiB:
+            chunk = rows(1000)
+            fh.write(chunk)
+            appended += len(chunk)
+    strandline(cfg, "scan", "--no-publish")
+    grew = ContentStore(store_path(config)).stats().bytes - before
+    assert appended <= grew <= 1.2 * appended + 256 * 1024, (grew, appended)  # one chunk of slack at the seam
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+
+def test_diff_reports_the_files_schema_rows_and_statistics_that_changed(
+    config_for: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    config = config_for([DatasetConfig(name="m", root=data_dir, snapshot="copy")])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    pd.DataFrame({"id": [1, 2, 3, 4], "price": [10.0, 20.0, 30.0, 40.0]}).to_parquet(data_dir / "p.parquet")
+    (data_dir / "readme.txt").write_text("v1\n")
+    strandline(cfg, "scan", "--no-publish")
+    df = pd.DataFrame({"id": range(1, 7), "price": [10.0, 20.0, 30.0, 40.0, 50.0, None], "region": ["eu"] * 6})
+    df.to_parquet(data_dir / "p.parquet")
+    (data_dir / "readme.txt").unlink()
+    (data_dir / "extra.txt").write_text("new\n")
+    strandline(cfg, "scan", "--no-publish")
+
+    got = json.loads(strandline(cfg, "diff", "m@1", "m@latest", "--json").stdout)
+    assert (got["a"], got["b"], got["identical"]) == ("m@1", "m@2", False)
+    assert {(c["path"], c["change"]) for c in got["changes"]} == {
+        ("p.parquet", "modified"),
+        ("readme.txt", "removed"),
+        ("extra.txt", "added"),
+    }
+    modified = next(c for c in got["changes"] if c["change"] == "modified")
+    assert modified["size"] == (data_dir / "p.parquet").stat().st_size
+    assert got["rows"] == {"a": 4, "b": 6, "change": 2}
+    assert [f["name"] for f in got["schema_change"]["added"]] == ["region"]
+    cols = {c["name"]: c for c in got["columns"]}
+    assert cols["price"]["mean"] == {"a": 25.0, "b": 30.0, "change": 5.0}
+    assert cols["price"]["null_rate"]["a"] == 0.0 and cols["price"]["null_rate"]["b"] == pytest.approx(1 / 6)
+    assert cols["id"]["max"] == {"a": 4.0, "b": 6.0, "change": 2.0}
+    assert cols["region"]["presence"] == "added"
+    human = strandline(cfg, "diff", "m@1", "m@2").stdout
+    assert "rows: 4 → 6 (+2)" in human and "+ region" in human and "- readme.txt" in human
+
+
+# -- tags, gc, lineage ---------------------------------------------------------------------------
+
+
+def test_gc_keeps_the_newest_tagged_and_lineage_versions_and_marks_the_rest(
+    config_for: Any, data_dir: Path, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    config = config_for([DatasetConfig(name="g", root=data_dir, snapshot="copy", keep_last=1)])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    contents = {}
+    for n in range(1, 5):
+        contents[n] = random_bytes(100_000 + n, n)
+        (data_dir / "data.bin").write_bytes(contents[n])
+        strandline(cfg, "scan", "--no-publish")
+    strandline(cfg, "tag", "g@1", "baseline")
+    with Catalog(catalog_path(config), readonly=True) as catalog:
+        v2 = catalog.version("g", 2)
+    # A retraining run on version 2, published by a retrain consumer (possibly on another host).
+    run = RetrainStarted(
+        run_id="run-42",
+        dataset="g",
+        version=2,
+        version_id=v2.version_id,
+        trigger="version",
+        action="command",
+        started_at=v2.created_at,
+        host="trainer",
+    )
+    publish(
+        kafka_bootstrap,
+        [
+            cloud_event(
+                config.kafka.models_topic,
+                "g",
+                "model.retrain.started",
+                run,
+                ce_id="run-42",
+                source="strandline://trainer/retrain",
+                subject="g@2",
+                time=v2.created_at,
+            )
+        ],
+    )
+
+    dry = json.loads(strandline(cfg, "gc", "--dry-run", "--json").stdout)
+    assert dry["collected"] == {"g": [3]} and dry["bytes"] == 100_003 and dry["objects"] == 1
+    assert dry["lineage_events_read"] == 1
+    assert json.loads(strandline(cfg, "versions", "g", "--json").stdout)[2]["restorable"] is True  # dry: no change
+
+    done = json.loads(strandline(cfg, "gc", "--json").stdout)
+    assert done["collected"] == {"g": [3]} and done["bytes"] == 100_003
+    versions = json.loads(strandline(cfg, "versions", "g", "--json").stdout)
+    assert [(v["restorable"], v["collected_at"] is not None) for v in versions] == [
+        (True, False),
+        (True, False),
+        (False, True),
+        (True, False),
+    ]
+    refused = strandline(cfg, "restore", "g@3", "--to", str(tmp_path / "r3"), check=False)
+    assert refused.returncode == 2 and "gc collected its bytes" in refused.stderr
+    assert not (tmp_path / "r3").exists()
+    for ref, n in (("g@baseline", 1), ("g@2", 2), ("g@latest", 4)):
+        strandline(cfg, "restore", ref, "--to", str(tmp_path / f"r{n}"))
+        assert (tmp_path / f"r{n}" / "data.bin").read_bytes() == contents[n]
+    assert strandline(cfg, "verify").returncode == 0
+    again = json.loads(strandline(cfg, "gc", "--json").stdout)
+    assert again["collected"] == {} and again["bytes"] == 0
+
+
+# -- damage and hostile manifests ----------------------------------------------------------------
+
+
+def test_a_corrupted_object_is_caught_by_verify_and_by_restore_which_leaves_the_target_alone(
+    config_for: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    config = config_for([DatasetConfig(name="c", root=data_dir, snapshot="copy")])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    (data_dir / "good.txt").write_text("fine\n")
+    (data_dir / "victim.bin").write_bytes(random_bytes(10_000, 9))
+    strandline(cfg, "scan", "--no-publish")
+    with Catalog(catalog_path(config), readonly=True) as catalog:
+        digest = catalog.manifest("c", 1)["victim.bin"].hash
+    blob = store_path(config) / "blob" / digest[:2] / digest
+    blob.chmod(0o644)
+    with open(blob, "r+b") as fh:  # one flipped byte, same size: only hashing can tell
+        fh.seek(5000)
+        byte = fh.read(1)
+        fh.seek(5000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+    checked = strandline(cfg, "verify", "--json", check=False)
+    assert checked.returncode == 1
+    problems = json.loads(checked.stdout)["problems"]
+    assert [(p["hash"], p["problem"]) for p in problems] == [(digest, "damaged")]
+    assert problems[0]["used_by"] == [["c", 1, "victim.bin"]]
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep me\n")
+    failed = strandline(cfg, "restore", "c@1", "--to", str(target), check=False)
+    assert failed.returncode == 2 and "victim.bin" in failed.stderr
+    assert tree(target) == {"mine.txt": b"keep me\n"}
+
+
+def test_a_manifest_path_with_dotdot_cannot_make_restore_write_outside_the_target(
+    config_for: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    config = config_for([DatasetConfig(name="h", root=data_dir, snapshot="copy")])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    (data_dir / "a.txt").write_text("payload\n")
+    strandline(cfg, "scan", "--no-publish")
+    # A catalog edited by someone hostile: the entry now points two folders up.
+    with sqlite3.connect(catalog_path(config)) as db:
+        db.execute("UPDATE entries SET path='../../escaped.txt' WHERE path='a.txt'")
+    target = tmp_path / "deep" / "target"
+    failed = strandline(cfg, "restore", "h@1", "--to", str(target), check=False)
+    assert failed.returncode == 2 and "'..'" in failed.stderr
+    assert not (tmp_path / "escaped.txt").exists() and not target.exists()
+
+
+# -- in place, tags on Kafka ------------------------------------------------------------------
+
+
+def test_an_in_place_restore_is_recorded_as_a_new_version_equal_to_the_old_one(
+    config_for: Any, data_dir: Path, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    config = config_for([DatasetConfig(name="r", root=data_dir, snapshot="copy"), probe_dataset(tmp_path)])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    running = start_daemon(config)
+    try:
+        (data_dir / "keep.csv").write_text("a\n1\n")
+        (data_dir / "edit.csv").write_text("a\n2\n")
+        wait_for(lambda: len(running.versions("r")) == 1, what="version 1")
+        v1 = running.versions("r")[0]
+        (data_dir / "edit.csv").write_text("a\n3\n")
+        (data_dir / "later.csv").write_text("a\n4\n")
+        (data_dir / ".private").write_text("not the dataset's\n")  # hidden: not part of the data
+        wait_for(lambda: len(running.versions("r")) == 2, what="version 2")
+        keep_inode = (data_dir / "keep.csv").stat().st_ino
+
+        strandline(cfg, "tag", "r@1", "good")
+        done = json.loads(strandline(cfg, "restore", "r@good", "--in-place", "--json").stdout)
+        assert (done["unchanged"], done["removed"]) == (1, 1)
+        wait_for(lambda: len(running.versions("r")) == 3, what="the revert's version")
+        events = read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=4)  # 3 versions, 1 tag
+    finally:
+        running.stop()
+    v3 = running.versions("r")[2]
+    assert v3.version_id == v1.version_id and (v3.added, v3.modified, v3.removed) == (0, 1, 1)
+    assert (data_dir / "edit.csv").read_text() == "a\n2\n" and not (data_dir / "later.csv").exists()
+    assert (data_dir / ".private").read_text() == "not the dataset's\n"
+    assert (data_dir / "keep.csv").stat().st_ino == keep_inode  # already right: not rewritten
+    assert not [p for p in data_dir.iterdir() if p.name.startswith(".strandline-restore-")]
+    tagged = [e for e in events if e.headers["ce_type"] == "dataset.version.tagged"]
+    assert [(e.key, e.data["tag"], e.data["version"], e.data["version_id"]) for e in tagged] == [
+        ("r", "good", 1, v1.version_id)
+    ]
+    assert tagged[0].headers["ce_subject"] == "r@1#good"
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+def test_a_full_store_disk_records_the_version_as_not_restorable_and_the_daemon_goes_on(
+    config_for: Any, data_dir: Path, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
+    small = tmp_path / "small"
+    small.mkdir()
+    config = config_for([DatasetConfig(name="f", root=data_dir, snapshot="copy")], store={"path": small / "store"})
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    big = data_dir / "big.bin"
+    big.write_bytes(random_bytes(3 * MiB, 11))
+    (data_dir / "small.txt").write_text("tiny\n")
+    mode, data = big.stat().st_mode, big.read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
+    # The daemon runs in a private mount namespace where the store is a 1 MiB tmpfs.
+    daemon = subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-ec",
+            'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; shift; exec "$@"',
+            "sh",
+            str(small),
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "watch",
+            "-c",
+            str(cfg),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+    def versions() -> list[Any]:
+        if daemon.poll() is not None:
+            raise AssertionError(f"the daemon exited ({daemon.returncode}): {daemon.stderr.read()}")  # type: ignore[union-attr]
+        if not catalog_path(config).exists():
+            return []
+        with Catalog(catalog_path(config), readonly=True) as catalog:
+            try:
+                return catalog.versions("f")
+            except Exception:
+                return []
+
+    try:
+        first = wait_for(lambda: versions()[:1], 60, what="the first version")[0]
+        assert not first.restorable and "full" in (first.snapshot_note or "")
+        assert big.read_bytes() == data and big.stat().st_mode == mode  # the user's file was only read
+        # It keeps watching; once the big file is gone, everything the next version needs fits.
+        big.unlink()
+        second = wait_for(lambda: versions()[1:2], 60, what="the second version")[0]
+        assert second.restorable
+        events = version_events(read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=2), "f")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=60)
+    if daemon.returncode == 77:
+        pytest.skip("cannot mount a tmpfs here")
+    assert daemon.returncode == 0, err
+    assert [snapshot_of(e)["restorable"] for e in events] == [False, True]
+    assert "full" in snapshot_of(events[0])["reason"]
+    assert any('"level": "ERROR"' in line and "not be restorable" in line for line in err.splitlines())
