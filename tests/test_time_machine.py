@@ -7,6 +7,7 @@ the real broker.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -446,3 +447,38 @@ def test_a_full_store_disk_records_the_version_as_not_restorable_and_the_daemon_
     assert [snapshot_of(e)["restorable"] for e in events] == [False, True]
     assert "full" in snapshot_of(events[0])["reason"]
     assert any('"level": "ERROR"' in line and "not be restorable" in line for line in err.splitlines())
+
+
+# -- buckets -----------------------------------------------------------------------------------
+
+
+def test_a_bucket_dataset_is_snapshotted_and_restores_byte_for_byte(
+    config_for: Any, s3_endpoint: str, bucket: str, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    import boto3
+
+    from tests.test_buckets import PREFIX, bucket_config, started
+
+    config = bucket_config(config_for, s3_endpoint, bucket, snapshot="copy")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    table = io.BytesIO()
+    pd.DataFrame({"id": [1, 2, 3]}).to_parquet(table)
+    objects = {"t.parquet": table.getvalue(), "deep/raw.bin": random_bytes(2 * MiB, 21)}
+    running = started(start_daemon(config))
+    try:
+        for rel, body in objects.items():
+            s3.put_object(Bucket=bucket, Key=PREFIX + rel, Body=body)
+        wait_for(lambda: sum(v.files for v in running.versions("lake")[-1:]) == 2, 60, what="both objects versioned")
+        events = version_events(read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=1), "lake")
+    finally:
+        running.stop()
+        s3.close()
+    assert all(snapshot_of(e) == {"policy": "copy", "restorable": True} for e in events)
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    with open(cfg, "a") as fh:  # the bucket dataset's endpoint, for the record; restore reads only the store
+        fh.write(f'[s3]\nendpoint_url = "{s3_endpoint}"\n')
+    seq = running.versions("lake")[-1].seq
+    strandline(cfg, "restore", f"lake@{seq}", "--to", str(tmp_path / "out"))
+    assert tree(tmp_path / "out") == objects
+    refused = strandline(cfg, "restore", f"lake@{seq}", "--in-place", check=False)
+    assert refused.returncode == 2 and "--to DIR" in refused.stderr
