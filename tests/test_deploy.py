@@ -188,11 +188,11 @@ def test_compose_schema_rejects_a_misspelt_key() -> None:
 def test_every_compose_service_has_a_healthcheck_that_asks_the_service_itself() -> None:
     services = _compose()["services"]
     assert {name for name, service in services.items() if "healthcheck" not in service} == set()
-    for name in ("strandline", "drift", "alerts"):
+    for name in ("strandline", *CONSUMER_KINDS):
         probe = " ".join(services[name]["healthcheck"]["test"])
         assert "/healthz" in probe and ":9464" in probe, name
     assert services["strandline"]["environment"]["STRANDLINE_HTTP"].endswith(":9464")
-    for name in ("drift", "alerts"):
+    for name in CONSUMER_KINDS:
         assert services[name]["command"][-2:] == ["--metrics-port", "9464"], name
 
 
@@ -240,9 +240,9 @@ COMMAND_LINES = _strandline_command_lines()
 
 
 def test_compose_runs_every_kind_of_strandline_process() -> None:
-    assert {"compose strandline", "compose drift", "compose alerts"} <= COMMAND_LINES.keys()
-    assert COMMAND_LINES["compose drift"][:2] == ["consume", "drift"]
-    assert COMMAND_LINES["compose alerts"][:2] == ["consume", "alerts"]
+    assert {"compose strandline", *(f"compose {kind}" for kind in CONSUMER_KINDS)} <= COMMAND_LINES.keys()
+    for kind in CONSUMER_KINDS:
+        assert COMMAND_LINES[f"compose {kind}"][:2] == ["consume", kind]
 
 
 @pytest.mark.parametrize("where", sorted(COMMAND_LINES))
