@@ -284,16 +284,24 @@ def daemon_env(bootstrap: str, prefix: str, settle: float, state_dir: Path) -> d
 
 
 class DaemonProcess:
-    """``strandline watch FOLDER`` with JSON logs to a file; version lines (JSON) to another."""
+    """``strandline watch FOLDER``: logs (``--log-format``, JSON by default) to a file, version lines to another."""
 
-    def __init__(self, folder: Path, workdir: Path, env: dict[str, str], extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        workdir: Path,
+        env: dict[str, str],
+        extra: Sequence[str] = (),
+        *,
+        log_format: str = "json",
+    ) -> None:
         exe = Path(sys.executable).parent / "strandline"
         self.log_path = workdir / "daemon.log"
         self.out_path = workdir / "daemon.out"
         self._log = self.log_path.open("wb")
         self._out = self.out_path.open("wb")
         self.proc = subprocess.Popen(
-            [str(exe), "watch", str(folder), "--json", "--log-format", "json", *extra],
+            [str(exe), "watch", str(folder), "--json", "--log-format", log_format, *extra],
             cwd=workdir,
             env=env,
             stdout=self._out,

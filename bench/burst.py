@@ -125,14 +125,7 @@ def run(args: argparse.Namespace, variants: list[str], work: Path, bootstrap: st
 
         def complete(dataset: str) -> c.Event | None:
             try:
-                return reader.wait_for(
-                    lambda e: (
-                        e.type == "dataset.version.created"
-                        and e.data.get("dataset") == dataset
-                        and e.data["totals"]["files"] >= args.files + (1 if dataset == "mvds" else 0)
-                    ),
-                    args.timeout,
-                )
+                return wait_complete(reader, dataset, args.files + (1 if dataset == "mvds" else 0), args.timeout)
             except TimeoutError:
                 saved = Path(tempfile.gettempdir()) / f"{work.name}-daemon.log"
                 shutil.copy(daemon.log_path, saved)
@@ -143,8 +136,7 @@ def run(args: argparse.Namespace, variants: list[str], work: Path, bootstrap: st
         if "mv" in variants:
             c.note("variant mv: rename the staged folder into the watched dataset")
             spy = profiler(args, daemon, "mv")
-            t0 = time.monotonic()
-            os.rename(staging / "batch", watched / "mvds" / "batch")
+            t0 = move_in(staging / "batch", watched / "mvds")
             ev = complete("mvds")
             show_profile(spy, "mv")
             if ev is not None:
@@ -185,6 +177,25 @@ def run(args: argparse.Namespace, variants: list[str], work: Path, bootstrap: st
     for variant, seconds in strandline.items():
         ratio = dvc_time / seconds
         report.add(f"ratio dvc add / strandline {variant}", ratio, "x", f">= {TARGET_RATIO:g}", ratio >= TARGET_RATIO)
+
+
+def move_in(batch: Path, dataset_dir: Path) -> float:
+    """Rename the staged folder ``batch`` into ``dataset_dir`` (what ``mv`` does); the monotonic time of the rename."""
+    t0 = time.monotonic()
+    os.rename(batch, dataset_dir / batch.name)
+    return t0
+
+
+def wait_complete(reader: c.VersionsReader, dataset: str, files: int, timeout: float) -> c.Event:
+    """The first version event of ``dataset`` that counts at least ``files`` files; TimeoutError after ``timeout``."""
+    return reader.wait_for(
+        lambda e: (
+            e.type == "dataset.version.created"
+            and e.data.get("dataset") == dataset
+            and e.data["totals"]["files"] >= files
+        ),
+        timeout,
+    )
 
 
 def commit_delay(ev: c.Event, since: float) -> float:

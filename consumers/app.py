@@ -19,6 +19,10 @@ from schemas.config import StrandlineConfig
 log = logging.getLogger(__name__)
 
 ConsumerKind = Literal["drift", "retrain", "alerts"]
+
+# The longest one try to reach Kafka takes: bootstrap timeouts (5 s each for the admin client and
+# the consumer), the diagnostic connection after a failed login, an OAuth token request.
+_START_ATTEMPT_SECONDS = 60.0
 CONSUMER_KINDS: tuple[ConsumerKind, ...] = ("drift", "retrain", "alerts")
 
 
@@ -74,11 +78,24 @@ def run_consumer(
         runner = ConsumerRunner(
             config.kafka, config.consumers, handler, state, group_id=group_id(config, kind), metrics=metrics
         )
-        # systemd (Type=notify): ready once set up; watchdog pings while the poll loop turns.
+        # systemd (Type=notify): READY=1 only once Kafka was reached, since a consumer without it does
+        # nothing; until then each wait says why and asks for more start time (the start has not
+        # hung, it waits). Watchdog pings while the poll loop, or the wait, keeps coming round.
         notifier = Notifier.from_environ()
         stack.enter_context(WatchdogPinger(notifier, lambda: metrics.healthy))
         stack.callback(notifier.stopping)
-        notifier.ready(f"consumer {kind}")
-        runner.run(stop, idle_timeout=idle_timeout)
+
+        def waiting(reason: str, retry_in: float) -> None:
+            notifier.status(f"consumer {kind}: waiting for Kafka, next try in {retry_in:.0f} s: {reason}")
+            notifier.extend_timeout(retry_in + _START_ATTEMPT_SECONDS)
+
+        runner.run(
+            stop,
+            idle_timeout=idle_timeout,
+            on_connected=lambda: notifier.ready(
+                f"consumer {kind}: group {runner.group_id} on {config.kafka.bootstrap}"
+            ),
+            on_waiting=waiting,
+        )
         return metrics
     raise AssertionError("unreachable")  # pragma: no cover  (mypy: ExitStack may swallow)

@@ -15,6 +15,12 @@ Per record, in this order:
 A crash between 3 and 4 acts twice (the side effect cannot join the transaction); between 4 and
 5 it does not: the redelivered record is found in ``processed``. Stopping (SIGTERM, ``stop``)
 finishes the record in hand, delivers the outbox, commits and closes.
+
+Before any of that the runner must reach Kafka (create the topics, join the group). A broker that
+is down, or refuses the login, does not end the process: one WARNING line says why, /readyz
+answers 503 with the reason, and the runner tries again with backoff (1 s doubling to 30 s) until
+it gets in or is stopped. Exiting would be worse: systemd's start limit gives up on a unit that
+failed five times in ten minutes, for good, while Kafka may only be a minute late.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ M = TypeVar("M", bound=BaseModel)
 
 _LAG_EVERY_SECONDS = 5.0
 _PRUNE_EVERY_SECONDS = 3600.0
+_CONNECT_BACKOFF_FIRST_SECONDS = 1.0
+_CONNECT_BACKOFF_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -163,23 +171,34 @@ class ConsumerRunner:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, *, idle_timeout: float | None = None) -> None:
-        """Consume until ``stop`` is set (or, with ``idle_timeout``, after that long without records)."""
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        idle_timeout: float | None = None,
+        on_connected: Callable[[], object] | None = None,
+        on_waiting: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """Consume until ``stop`` is set (or, with ``idle_timeout``, after that long without records).
+
+        Until Kafka is reached the runner retries; before each wait it calls ``on_waiting(reason,
+        seconds until the next try)``, and ``on_connected()`` once it got in (systemd's READY=1).
+        ``idle_timeout`` counts from then.
+        """
         self._stop = stop
-        ensure_topics(self.kafka, [*self.handler.topics, self.kafka.dead_letter_topic])
-        self._topics_made.update([*self.handler.topics, self.kafka.dead_letter_topic])
-        self._consumer = make_consumer(
-            self.kafka,
-            *self.handler.topics,
-            group_id=self.group_id,
-            max_poll_records=100,
-        )
-        log.info(
-            "consumer %s started: group %s, topics %s", self.handler.name, self.group_id, ", ".join(self.handler.topics)
-        )
-        idle_since = time.monotonic()
-        last_lag = last_prune = 0.0
         try:
+            if not self._connect(stop, on_waiting):
+                return
+            if on_connected is not None:
+                on_connected()
+            log.info(
+                "consumer %s started: group %s, topics %s",
+                self.handler.name,
+                self.group_id,
+                ", ".join(self.handler.topics),
+            )
+            idle_since = time.monotonic()
+            last_lag = last_prune = 0.0
             self._flush_outbox()
             while not stop.is_set():
                 batches = self._consumer.poll(timeout_ms=500)
@@ -206,10 +225,63 @@ class ConsumerRunner:
         finally:
             self._close()
 
+    def _connect(self, stop: threading.Event, on_waiting: Callable[[str, float], None] | None) -> bool:
+        """Create the topics and join the group, retrying with backoff; False when stopped first."""
+        topics = [*self.handler.topics, self.kafka.dead_letter_topic]
+        backoff = _CONNECT_BACKOFF_FIRST_SECONDS
+        reported: str | None = None
+        while not stop.is_set():
+            try:
+                ensure_topics(self.kafka, topics)
+                self._consumer = make_consumer(
+                    self.kafka,
+                    *self.handler.topics,
+                    group_id=self.group_id,
+                    max_poll_records=100,
+                )
+            except PublishError as exc:
+                reason = str(exc)
+                self.metrics.kafka_unreachable(reason)
+                self.metrics.heartbeat()  # waiting on Kafka is not a hung loop
+                if reason != reported:  # once per cause, not once per try
+                    log.warning(
+                        "degraded: consumer %s cannot reach Kafka (%s); not ready, trying again in %.0f s"
+                        " and then up to every %.0f s (`strandline doctor` checks the connection)",
+                        self.handler.name,
+                        reason,
+                        backoff,
+                        _CONNECT_BACKOFF_MAX_SECONDS,
+                    )
+                    reported = reason
+                else:
+                    log.debug("consumer %s: Kafka still unreachable (%s)", self.handler.name, reason)
+                if on_waiting is not None:
+                    on_waiting(reason, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _CONNECT_BACKOFF_MAX_SECONDS)
+                continue
+            self._topics_made.update(topics)
+            if reported is not None:
+                since = self.metrics.kafka_problem_since or time.time()
+                log.info(
+                    "recovered: consumer %s reached Kafka at %s after %.0f s",
+                    self.handler.name,
+                    self.kafka.bootstrap,
+                    time.time() - since,
+                )
+            self.metrics.connected = True
+            self.metrics.kafka_reachable()
+            return True
+        return False
+
     def _close(self) -> None:
         try:
             with self.state.transaction():
                 self._enqueue(self.handler.close())
+            if not self.metrics.connected:
+                if backlog := self._outbox_size():
+                    log.warning("stopping before Kafka was reached: %d events wait in the outbox", backlog)
+                return
             self._flush_outbox(deadline=time.monotonic() + 5.0)
         except PublishError as exc:
             log.warning(
@@ -398,6 +470,7 @@ class ConsumerRunner:
                 if (deadline is not None and time.monotonic() > deadline) or (deadline is None and self._stop.is_set()):
                     raise
                 log.warning("cannot publish %d events yet: %s; retrying in %.1f s", len(rows), exc, backoff)
+                self.metrics.kafka_unreachable(str(exc))
                 self.metrics.heartbeat()  # waiting on Kafka is not a hung loop
                 if deadline is None:
                     self._stop.wait(backoff)
@@ -435,6 +508,7 @@ class ConsumerRunner:
         with self.state.transaction() as db:
             db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
         self.metrics.published(len(rows))
+        self.metrics.kafka_reachable()
 
     # -- lag -------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from daemon.catalog import Catalog
 from daemon.config import catalog_path
-from daemon.errors import StrandlineError
-from schemas.config import DatasetConfig, StrandlineConfig
+from daemon.errors import PublishError, StrandlineError
+from schemas.config import DatasetConfig, KafkaConfig, StrandlineConfig
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,57 @@ def count_dirs(root: Path, limit: int = 2_000_000) -> int:
     return count
 
 
+def _login(kafka: KafkaConfig) -> str:
+    """How the daemon logs in, for people: ``as 'alice' (SCRAM-SHA-256 over SASL_SSL)``."""
+    if kafka.sasl_mechanism == "OAUTHBEARER":
+        return f"with an OAUTHBEARER token over {kafka.security_protocol}"
+    if kafka.sasl_mechanism is not None:
+        return f"as {kafka.sasl_username!r} ({kafka.sasl_mechanism} over {kafka.security_protocol})"
+    return f"over {kafka.security_protocol}"
+
+
 def check_kafka(config: StrandlineConfig, timeout: float = 3.0) -> Check:
-    errors = []
-    for server in config.kafka.bootstrap.split(","):
+    """Does a broker answer, and does it let the daemon in with its security settings?
+
+    First a plain TCP connection to each bootstrap server (fast, and names a wrong host or port),
+    then a real client login and a metadata request, as the daemon's clients make them: with TLS
+    or SASL a reachable port says nothing about the CA, the mechanism or the credentials.
+    """
+    from daemon.kafka_client import check_connection
+
+    kafka = config.kafka
+    listening, errors = [], []
+    for server in kafka.bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
             with socket.create_connection((host or "localhost", int(port)), timeout=timeout):
-                return Check("kafka", True, f"broker answers at {server.strip()}")
+                listening.append(server.strip())
         except (OSError, ValueError) as exc:
             errors.append(f"{server.strip()}: {exc}")
+    if not listening:
+        return Check(
+            "kafka",
+            False,
+            "no broker answers (" + "; ".join(errors) + ")",
+            "start Kafka (`make kafka` starts a local one) or set [kafka] bootstrap / STRANDLINE_KAFKA_BOOTSTRAP",
+        )
+    try:
+        cluster = check_connection(kafka)
+    except PublishError as exc:
+        fix = exc.fix or (
+            f"something listens at {', '.join(listening)} but no Kafka answered {_login(kafka)}: check [kafka]"
+            " bootstrap (is it the broker's port?) and security_protocol (the listener may want SSL or SASL_SSL)"
+        )
+        return Check("kafka", False, f"cannot log in {_login(kafka)}: {exc.problem}", fix)
+    ours = (kafka.versions_topic, kafka.manifests_topic, kafka.profiles_topic)
+    missing = [t for t in ours if t not in cluster.topics]
+    topics = (
+        f"topics {', '.join(missing)} not there yet (the daemon creates them)"
+        if missing
+        else f"topics {', '.join(ours)}"
+    )
     return Check(
-        "kafka",
-        False,
-        "no broker answers (" + "; ".join(errors) + ")",
-        "start Kafka (`make kafka` starts a local one) or set [kafka] bootstrap / STRANDLINE_KAFKA_BOOTSTRAP",
+        "kafka", True, f"logged in at {kafka.bootstrap} {_login(kafka)}: {cluster.brokers} broker(s), {topics}"
     )
 
 

@@ -56,7 +56,17 @@ class VersionNotFoundError(StrandlineError):
 
 
 class PublishError(StrandlineError):
-    """Kafka is unreachable or rejected an event."""
+    """Kafka is unreachable or rejected an event.
+
+    ``fix``, when the cause is known, says what to change; the message ends with it too, so a log
+    line carries both, and ``problem`` is the message without it (``strandline doctor`` shows them
+    on separate lines).
+    """
+
+    def __init__(self, problem: str, *, fix: str = "") -> None:
+        super().__init__(f"{problem}: {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
 
 
 class BadEventError(StrandlineError):

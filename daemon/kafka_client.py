@@ -25,12 +25,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from daemon.errors import PublishError
 from schemas.config import KafkaConfig
 
-__all__ = ["ensure_topics", "make_consumer", "make_producer"]
+__all__ = ["Cluster", "check_connection", "ensure_topics", "make_consumer", "make_producer"]
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +187,21 @@ def _common(cfg: KafkaConfig) -> dict[str, Any]:
     return settings
 
 
-def _rejected(cfg: KafkaConfig, where: str, detail: str) -> str:
+# What went wrong, and what to change: the two halves of a PublishError.
+_Diagnosis = tuple[str, str]
+
+
+def _rejected(cfg: KafkaConfig, where: str, detail: str) -> _Diagnosis:
     said = f" (the broker said: {_SECRETS.mask(detail)})" if detail else ""
     if cfg.sasl_mechanism == "OAUTHBEARER":
         return (
-            f"Kafka at {where} rejected the OAUTHBEARER token{said}: check [kafka] oauth_* or sasl_oauth_token*"
-            " and that the broker trusts the token's issuer"
+            f"Kafka at {where} rejected the OAUTHBEARER token{said}",
+            "check [kafka] oauth_* or sasl_oauth_token* and that the broker trusts the token's issuer",
         )
     return (
         f"Kafka at {where} rejected the credentials for user {cfg.sasl_username!r} with mechanism"
-        f" {cfg.sasl_mechanism}{said}: check [kafka] sasl_username / sasl_password"
+        f" {cfg.sasl_mechanism}{said}",
+        "check [kafka] sasl_username / sasl_password",
     )
 
 
@@ -213,7 +219,7 @@ def _exchange(sock: socket.socket, parser: Any, request: Any) -> Any:
             return responses[0][1]
 
 
-def _diagnose(cfg: KafkaConfig, settings: dict[str, Any]) -> str | None:
+def _diagnose(cfg: KafkaConfig, settings: dict[str, Any]) -> _Diagnosis | None:
     """Why a client with TLS or SASL cannot bootstrap, found with one connection to the first broker.
 
     None when that connection cannot be made at all, or succeeds: the caller's message stands.
@@ -238,13 +244,13 @@ def _diagnose(cfg: KafkaConfig, settings: dict[str, Any]) -> str | None:
                 sock = stack.enter_context(settings["ssl_context"].wrap_socket(raw, server_hostname=host))
             except ssl.SSLCertVerificationError as exc:
                 return (
-                    f"the TLS certificate of the Kafka broker at {where} is not trusted ({exc.verify_message}):"
-                    " check [kafka] ssl_cafile (and ssl_check_hostname)"
+                    f"the TLS certificate of the Kafka broker at {where} is not trusted ({exc.verify_message})",
+                    "check [kafka] ssl_cafile (and ssl_check_hostname)",
                 )
             except OSError as exc:
                 return (
-                    f"no TLS handshake with the Kafka broker at {where} ({exc}): check that security_protocol ="
-                    f" {protocol!r} is what the broker's listener on that port speaks"
+                    f"no TLS handshake with the Kafka broker at {where} ({exc})",
+                    f"check that security_protocol = {protocol!r} is what the broker's listener on that port speaks",
                 )
         if cfg.sasl_mechanism is None:
             return None
@@ -253,13 +259,15 @@ def _diagnose(cfg: KafkaConfig, settings: dict[str, Any]) -> str | None:
             handshake = _exchange(sock, parser, SaslHandshakeRequest(mechanism=cfg.sasl_mechanism))
             if not handshake.mechanisms:
                 return (
-                    f"the Kafka listener at {where} takes no SASL: check that security_protocol = {protocol!r}"
-                    " is what that listener speaks (it may be an SSL or PLAINTEXT one)"
+                    f"the Kafka listener at {where} takes no SASL",
+                    f"check that security_protocol = {protocol!r} is what that listener speaks"
+                    " (it may be an SSL or PLAINTEXT one)",
                 )
             if cfg.sasl_mechanism not in handshake.mechanisms:
                 return (
                     f"the Kafka listener at {where} does not enable SASL mechanism {cfg.sasl_mechanism}"
-                    f" (it offers {', '.join(handshake.mechanisms)}): set [kafka] sasl_mechanism to one of those"
+                    f" (it offers {', '.join(handshake.mechanisms)})",
+                    "set [kafka] sasl_mechanism to one of those",
                 )
             mechanism = get_sasl_mechanism(cfg.sasl_mechanism)(host=host, **settings)
             while not mechanism.is_done():
@@ -270,11 +278,11 @@ def _diagnose(cfg: KafkaConfig, settings: dict[str, Any]) -> str | None:
             return None if mechanism.is_authenticated() else _rejected(cfg, where, "")
         except (EOFError, OSError):
             return (
-                f"the Kafka broker at {where} closed the connection during the SASL handshake: check that"
-                f" security_protocol = {protocol!r} is what its listener on that port speaks"
+                f"the Kafka broker at {where} closed the connection during the SASL handshake",
+                f"check that security_protocol = {protocol!r} is what its listener on that port speaks",
             )
         except PublishError as exc:  # a token provider's own message
-            return str(exc)
+            return exc.problem, exc.fix
         except Exception:  # diagnosis is best effort; the bootstrap error is reported instead
             log.debug("could not diagnose the Kafka connection to %s", where, exc_info=True)
             return None
@@ -284,13 +292,15 @@ def _failed(cfg: KafkaConfig, settings: dict[str, Any], exc: Exception) -> Publi
     from kafka.errors import KafkaConfigurationError, SaslAuthenticationFailedError
 
     if isinstance(exc, KafkaConfigurationError):
-        return PublishError(f"Kafka client settings rejected: {exc}; check the [kafka] section")
+        return PublishError(f"Kafka client settings rejected: {exc}", fix="check the [kafka] section")
     if isinstance(exc, SaslAuthenticationFailedError):
-        return PublishError(_rejected(cfg, cfg.bootstrap, str(exc)))
+        problem, fix = _rejected(cfg, cfg.bootstrap, str(exc))
+        return PublishError(problem, fix=fix)
     if cfg.security_protocol != "PLAINTEXT":
         reason = _diagnose(cfg, settings)
         if reason is not None:
-            return PublishError(_SECRETS.mask(reason))
+            problem, fix = reason
+            return PublishError(_SECRETS.mask(problem), fix=_SECRETS.mask(fix))
         return PublishError(
             f"no Kafka broker answers at {cfg.bootstrap} with security_protocol = {cfg.security_protocol!r}: {exc}"
         )
@@ -337,6 +347,41 @@ def make_consumer(cfg: KafkaConfig, *topics: str, group_id: str | None, **overri
         return KafkaConsumer(*topics, **settings)
     except KafkaError as exc:
         raise _failed(cfg, common, exc) from exc
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What a client that logged in saw of the cluster."""
+
+    brokers: int
+    topics: frozenset[str]
+
+
+def check_connection(cfg: KafkaConfig) -> Cluster:
+    """Connect and log in as every client of ours does (bootstrap, TLS, SASL), then read the cluster's metadata.
+
+    Raises PublishError whose ``fix`` says what to change: a reachable port is not enough when
+    the TLS trust, the SASL mechanism or the credentials are wrong (``strandline doctor``).
+    """
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    settings = _common(cfg)
+    try:
+        admin = KafkaAdminClient(**settings)
+    except KafkaError as exc:
+        raise _failed(cfg, settings, exc) from exc
+    try:
+        brokers = admin.describe_cluster()["brokers"]
+        topics = frozenset(admin.list_topics())
+    except KafkaError as exc:
+        raise PublishError(
+            f"connected to Kafka at {cfg.bootstrap}, but reading the cluster's metadata failed: {exc}",
+            fix="check the broker's ACLs for this client (Describe on the cluster and the topics)",
+        ) from exc
+    finally:
+        admin.close()
+    return Cluster(len(brokers), topics)
 
 
 def ensure_topics(cfg: KafkaConfig, topics: Sequence[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""systemd's notification protocol: readiness, status, reload, stop and watchdog pings.
+"""systemd's notification protocol: readiness, status, reload, stop, start timeouts and watchdog pings.
 
 ``Type=notify`` services send one datagram of newline-separated ``KEY=VALUE`` lines to the
 AF_UNIX socket named by ``$NOTIFY_SOCKET`` (sd_notify(3)); that is the whole protocol, so no
@@ -114,6 +114,15 @@ class Notifier:
         systemd >= 253 match the message to its ``Type=notify-reload`` request; older ones ignore it.
         """
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask for ``seconds`` more before the current start (or stop) times out (``EXTEND_TIMEOUT_USEC``).
+
+        For a start that waits on something outside (Kafka): sent again before each wait, it keeps
+        ``TimeoutStartSec=`` from killing a process that is still trying, while one that hangs
+        stops sending and is still killed. systemd >= 236; older ones ignore it.
+        """
+        return self.notify(f"EXTEND_TIMEOUT_USEC={round(seconds * 1_000_000)}")
 
     def watchdog(self) -> bool:
         """Ping the watchdog; a no-op when the unit has no ``WatchdogSec=`` for this process."""

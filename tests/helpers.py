@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -226,6 +227,38 @@ def publish(bootstrap: str, messages: list[Any]) -> None:
             f.get(timeout=30)
     finally:
         producer.close()
+
+
+class NotifySocket:
+    """A real NOTIFY_SOCKET, as systemd binds it: every datagram a service sends is kept in ``seen``."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.seen: list[str] = []
+
+    def _receive(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            self.seen.append(self.sock.recv(4096).decode())
+
+    def lines(self, prefix: str) -> list[str]:
+        """Every assignment seen so far that starts with ``prefix`` (``READY=1``, ``STATUS=``...)."""
+        return [line for m in self.seen for line in m.split("\n") if line.startswith(prefix)]
+
+    def wait(self, text: str, timeout: float = 30.0, count: int = 1) -> None:
+        """Until ``count`` assignments starting with ``text`` have arrived."""
+
+        def arrived() -> bool:
+            self._receive()
+            return len(self.lines(text)) >= count
+
+        wait_for(arrived, timeout, interval=0, what=f"{text} x{count} on NOTIFY_SOCKET (saw {self.seen})")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @dataclass

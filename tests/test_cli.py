@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,44 @@ def test_doctor_fails_on_unreachable_kafka_and_says_how_to_fix_it(tmp_path: Path
     assert out.returncode == 1
     assert "FAIL kafka" in out.stdout and "STRANDLINE_KAFKA_BOOTSTRAP" in out.stdout
     assert "max_user_watches" in out.stdout
+
+
+def test_doctor_logs_in_to_the_real_broker_and_names_the_daemons_topics(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    (tmp_path / "d").mkdir()
+    env = {
+        "STRANDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "STRANDLINE_KAFKA_TOPIC_PREFIX": topic_prefix,
+        "STRANDLINE_STATE_DIR": str(tmp_path / "s"),
+    }
+    out = run("doctor", str(tmp_path), "--json", env=env)
+    kafka = {c["name"]: c for c in json.loads(out.stdout)}["kafka"]
+    assert kafka["ok"], kafka
+    assert re.match(
+        rf"logged in at {re.escape(kafka_bootstrap)} over PLAINTEXT: [1-9][0-9]* broker\(s\)", kafka["detail"]
+    )
+    assert f"topics {topic_prefix}.versions, {topic_prefix}.manifests" in kafka["detail"]
+    assert "not there yet (the daemon creates them)" in kafka["detail"]  # a fresh prefix: no topics yet
+
+
+def test_doctor_fails_when_the_port_is_not_a_kafka_listener_and_says_what_to_check(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "d").mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts connections, never answers Kafka
+        port = listener.getsockname()[1]
+        out = run(
+            "doctor",
+            str(tmp_path),
+            env={"STRANDLINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "STRANDLINE_STATE_DIR": str(tmp_path / "s")},
+        )
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    failed = lines.index(next(line for line in lines if line.startswith("FAIL kafka: cannot log in over PLAINTEXT")))
+    assert f"no Kafka broker answers at 127.0.0.1:{port}" in lines[failed]
+    assert lines[failed + 1].strip().startswith(f"→ something listens at 127.0.0.1:{port} but no Kafka answered")
+    assert "check [kafka] bootstrap" in lines[failed + 1] and "security_protocol" in lines[failed + 1]
 
 
 def test_scan_with_kafka_down_keeps_the_version_and_reports_the_backlog(tmp_path: Path) -> None:

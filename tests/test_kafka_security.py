@@ -12,6 +12,9 @@ import base64
 import gc
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -193,6 +196,69 @@ def test_a_ca_that_does_not_sign_the_broker_is_reported_as_untrusted_tls(secure_
     cfg = KafkaConfig(bootstrap=secure_broker.ssl, security_protocol="SSL")
     with pytest.raises(PublishError, match=r"not trusted .*check \[kafka\] ssl_cafile"):
         make_producer(cfg)
+
+
+# -- strandline doctor: a real login, not a reachable port ------------------------------------------
+
+
+def doctor(tmp_path: Path, broker: Any, **kafka: str) -> tuple[int, dict[str, Any], str]:
+    """`strandline doctor --json` in a process configured by STRANDLINE_KAFKA_* variables: exit, kafka check, output."""
+    (tmp_path / "data" / "d").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
+    env["STRANDLINE_STATE_DIR"] = str(tmp_path / "state")
+    env |= {f"STRANDLINE_KAFKA_{key.upper()}": value for key, value in kafka.items()}
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "doctor", str(tmp_path / "data"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    return out.returncode, checks["kafka"], out.stdout + out.stderr
+
+
+def secure_settings(broker: Any, password: str) -> dict[str, str]:
+    return {
+        "bootstrap": broker.sasl_ssl,
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": str(broker.cafile),
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": USER,
+        "sasl_password": password,
+    }
+
+
+def test_doctor_logs_in_with_the_configured_tls_and_sasl_settings(secure_broker: Any, tmp_path: Path) -> None:
+    _, kafka, output = doctor(tmp_path, secure_broker, **secure_settings(secure_broker, secure_broker.users[USER]))
+    assert kafka["ok"], kafka
+    assert kafka["detail"].startswith(
+        f"logged in at {secure_broker.sasl_ssl} as '{USER}' (SCRAM-SHA-512 over SASL_SSL): 1 broker(s)"
+    )
+    assert secure_broker.users[USER] not in output
+
+
+def test_doctor_fails_on_a_wrong_password_says_what_to_fix_and_never_shows_it(
+    secure_broker: Any, tmp_path: Path
+) -> None:
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    code, kafka, output = doctor(tmp_path, secure_broker, **secure_settings(secure_broker, wrong))
+    assert code == 1
+    assert not kafka["ok"]
+    assert kafka["detail"].startswith(
+        f"cannot log in as '{USER}' (SCRAM-SHA-512 over SASL_SSL): Kafka at {secure_broker.sasl_ssl} rejected the"
+        f" credentials for user '{USER}' with mechanism SCRAM-SHA-512"
+    )
+    assert kafka["fix"] == "check [kafka] sasl_username / sasl_password"
+    assert wrong not in output
+
+
+def test_doctor_names_untrusted_tls_even_though_the_port_answers(secure_broker: Any, tmp_path: Path) -> None:
+    # No ssl_cafile: the system's trust store, which does not know the test CA.
+    code, kafka, _ = doctor(tmp_path, secure_broker, bootstrap=secure_broker.ssl, security_protocol="SSL")
+    assert code == 1
+    assert "the TLS certificate of the Kafka broker" in kafka["detail"] and "is not trusted" in kafka["detail"]
+    assert kafka["fix"] == "check [kafka] ssl_cafile (and ssl_check_hostname)"
 
 
 # -- configuration errors -------------------------------------------------------------------------

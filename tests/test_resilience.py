@@ -11,15 +11,16 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
 
 from daemon.catalog import Catalog
-from daemon.config import catalog_path
+from daemon.config import catalog_path, load_config
 from schemas.config import DatasetConfig
 from tests.conftest import kafka_broker
-from tests.helpers import read_events, start_daemon, version_events, wait_for
+from tests.helpers import NotifySocket, publish, read_events, start_daemon, version_events, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -263,3 +264,86 @@ def test_a_dead_watcher_is_restarted_and_what_it_missed_is_versioned(config_for,
     finally:
         running.stop()
     assert set(manifest) == {"first.csv", "while-dead.csv", "after.csv"}
+
+
+CONSUME = [sys.executable, "-m", "daemon.cli", "consume"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(400)
+def test_a_consumer_started_before_kafka_waits_not_ready_and_starts_once_kafka_appears(
+    tmp_path: Path, topic_prefix: str
+) -> None:
+    from tests.test_consumers import version_event
+
+    kafka_port, metrics_port = _free_port(), _free_port()  # nothing listens on the Kafka port yet
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    cfg = tmp_path / "strandline.toml"
+    cfg.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[kafka]\nbootstrap = "{bootstrap}"\n'
+        f'topic_prefix = "{topic_prefix}"\npartitions = 1\n[consumers]\ngroup_prefix = "{topic_prefix}"\n'
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
+    env |= {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    log_path, broker_dir = tmp_path / "consumer.log", tmp_path / "late-broker"
+    base = f"http://127.0.0.1:{metrics_port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*CONSUME, "drift", "--config", str(cfg), "--metrics-port", str(metrics_port), "--log-format", "json"],
+            stderr=log,
+            env=env,
+        )
+    try:
+        # Two tries have failed (~5 s each): still running, not READY, and it says why, everywhere.
+        notify.wait("STATUS=consumer drift: waiting for Kafka", timeout=60, count=2)
+        assert proc.poll() is None, log_path.read_text()
+        assert notify.lines("READY=1") == []
+        assert notify.lines("EXTEND_TIMEOUT_USEC="), "the start timeout is extended while waiting"
+        status, body = _get(base + "/readyz")
+        assert status == 503
+        (degraded,) = json.loads(body)["degraded"]
+        assert degraded["part"] == "kafka" and f"no Kafka broker answers at {bootstrap}" in degraded["reason"]
+        assert _get(base + "/healthz")[0] == 200  # waiting is alive: no restart by the watchdog
+        assert _metrics(base)["strandline_consumer_kafka_degraded"] == 1
+        warnings = [line for line in _log_lines(log_path) if "cannot reach Kafka" in line["message"]]
+        assert len(warnings) == 1, "one line per cause, not one per try"
+        assert warnings[0]["level"] == "WARNING" and warnings[0]["message"].startswith("degraded: consumer drift")
+
+        assert kafka_broker.start(broker_dir, kafka_port) == bootstrap
+        notify.wait("READY=1", timeout=120)
+        wait_for(lambda: _get(base + "/readyz")[0] == 200, 30, what="ready")
+        assert _metrics(base)["strandline_consumer_kafka_degraded"] == 0
+        assert any(line["message"].startswith("recovered: consumer drift") for line in _log_lines(log_path))
+
+        # It really consumes: an event published now is acted on.
+        config = load_config(cfg)
+        publish(bootstrap, [version_event(config.kafka, "sales", 1, status="invalid")])
+        acted = 'strandline_consumer_events_total{consumer="drift",outcome="acted"} 1.0'
+        wait_for(lambda: acted in _get(base + "/metrics")[1], 60, what="the event acted on")
+        proc.send_signal(signal.SIGTERM)
+        notify.wait("STOPPING=1")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+        kafka_broker.stop(broker_dir)
+
+
+def _log_lines(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

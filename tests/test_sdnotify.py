@@ -134,6 +134,12 @@ def test_reloading_carries_the_monotonic_clock_for_notify_reload(systemd: System
     assert before <= int(usec) <= after
 
 
+def test_extend_timeout_asks_for_whole_microseconds(systemd: Systemd) -> None:
+    notifier = Notifier.from_environ()
+    assert notifier.extend_timeout(61.5)
+    assert systemd.message() == "EXTEND_TIMEOUT_USEC=61500000"
+
+
 def test_watchdog_interval_is_half_of_watchdog_usec(systemd: Systemd, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     assert Notifier.from_environ().watchdog_interval == 15.0

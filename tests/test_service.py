@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from daemon.catalog import Catalog
-from tests.helpers import wait_for
+from tests.helpers import NotifySocket, wait_for
 
 
 def _config(state: Path, bootstrap: str, prefix: str, datasets: dict[str, Path], suite: Path | None = None) -> str:
@@ -26,25 +24,6 @@ def _config(state: Path, bootstrap: str, prefix: str, datasets: dict[str, Path],
         if suite is not None and name == "sales":
             text += f'suite = "{suite}"\n'
     return text
-
-
-class _Notify:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.seen: list[str] = []
-
-    def wait(self, text: str, timeout: float = 30.0) -> None:
-        def arrived() -> bool:
-            with contextlib.suppress(TimeoutError):
-                self.seen.append(self.sock.recv(4096).decode())
-            return any(text in m.split("\n") for m in self.seen)
-
-        wait_for(arrived, timeout, interval=0, what=f"{text} on NOTIFY_SOCKET (saw {self.seen})")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _versions(state: Path, name: str) -> list[int]:
@@ -75,7 +54,7 @@ def test_watch_notifies_systemd_reloads_on_sighup_and_logs_json(
     sales.mkdir()
     extra.mkdir()
     cfg.write_text(_config(state, kafka_bootstrap, topic_prefix, {"sales": sales}))
-    notify = _Notify(tmp_path / "notify.sock")
+    notify = NotifySocket(tmp_path / "notify.sock")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRANDLINE_")}
     env |= {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
     log_path = tmp_path / "daemon.log"
