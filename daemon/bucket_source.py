@@ -102,6 +102,9 @@ class BucketSource:
     def missing(self) -> str | None:
         return None  # a bucket that cannot be listed raises SourceError from walk: retried, not "missing"
 
+    def busy(self, max_seconds: float) -> str | None:
+        return None  # restores never write into a bucket
+
     def listing(self) -> Iterator[ObjectEntry | ObjectRejection]:
         """The prefix's objects in key order, one page in memory at a time."""
         return list_prefix(self.fs, self.root, page_size=self.settings.page_size)

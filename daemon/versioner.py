@@ -122,6 +122,16 @@ class Versioner:
             log.info("dataset %s: root %s is back", self.dataset.name, self.root)
             self._root_missing = False
             self._reported.discard((".", "root_missing"))
+        busy = self.source.busy(self.config.max_open_seconds)
+        if busy is not None:
+            # A revert must become one version, not the half-restored state in between.
+            log.info(
+                "dataset %s: %s; versioning once it is done",
+                self.dataset.name,
+                busy,
+                extra={"dataset": self.dataset.name},
+            )
+            return Outcome(retry=True)
         marker_stat: str | None = None
         if self.dataset.commit_marker is not None:
             marker_stat = self.source.marker_stat(self.dataset.commit_marker)

@@ -356,7 +356,9 @@ def test_an_in_place_restore_is_recorded_as_a_new_version_equal_to_the_old_one(
         strandline(cfg, "tag", "r@1", "good")
         done = json.loads(strandline(cfg, "restore", "r@good", "--in-place", "--json").stdout)
         assert (done["unchanged"], done["removed"]) == (1, 1)
-        wait_for(lambda: len(running.versions("r")) == 3, what="the revert's version")
+        wait_for(lambda: len(running.versions("r")) >= 3, what="the revert's version")
+        running.barrier("r")  # and no half-restored version before or after it
+        assert len(running.versions("r")) == 3
         events = read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=4)  # 3 versions, 1 tag
     finally:
         running.stop()
@@ -482,3 +484,28 @@ def test_a_bucket_dataset_is_snapshotted_and_restores_byte_for_byte(
     assert tree(tmp_path / "out") == objects
     refused = strandline(cfg, "restore", f"lake@{seq}", "--in-place", check=False)
     assert refused.returncode == 2 and "--to DIR" in refused.stderr
+
+
+def test_a_restore_in_progress_holds_the_datasets_next_version_until_it_is_done(
+    config_for: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    config = config_for([DatasetConfig(name="w", root=data_dir, snapshot="none", settle_seconds=0.1)])
+    running = start_daemon(config)
+    try:
+        (data_dir / "a.csv").write_text("a\n1\n")
+        wait_for(lambda: len(running.versions("w")) == 1, what="version 1")
+        staging = data_dir / ".strandline-restore-0123456789ab"  # what restore() stages in
+        staging.mkdir()
+        (data_dir / "a.csv").write_text("a\n2\n")
+        (data_dir / "b.csv").write_text("b\n3\n")
+        engine = running.daemon.engine
+        assert engine is not None
+        passes = engine.passes
+        wait_for(lambda: engine.passes >= passes + 3, what="passes that see the restore at work")
+        assert len(running.versions("w")) == 1
+        staging.rmdir()
+        wait_for(lambda: len(running.versions("w")) == 2, what="the version after the restore")
+    finally:
+        running.stop()
+    second = running.versions("w")[1]
+    assert (second.added, second.modified, second.snapshot, second.restorable) == (1, 1, "none", False)
