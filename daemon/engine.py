@@ -125,7 +125,7 @@ class Engine:
 
     def _build(self, ds: DatasetConfig) -> _Dataset:
         spool = str(state_dir(self.config) / "spool" / ds.name)
-        source = open_source(ds.root, spool_dir=spool, settings=self.config.s3)
+        source = open_source(ds.root, spool_dir=spool, settings=self.config.store_settings(ds.root))
         versioner = Versioner(self.catalog, self.config, ds, on_version=self._on_version, source=source)
         return _Dataset(
             ds,
