@@ -511,7 +511,8 @@ def classify_failure(exc: BaseException) -> tuple[FailureKind, str]:
             return kind or "other", code
         status_code = getattr(err, "status_code", None)
         if isinstance(status_code, int) and not isinstance(status_code, bool):  # azure-core
-            code = str(getattr(err, "error_code", None) or "")
+            raw = getattr(err, "error_code", None)
+            code = str(getattr(raw, "value", raw) or "")  # a StorageErrorCode enum, or a plain string
             return _CODES.get(code) or _CODES.get(str(status_code)) or "other", code or str(status_code)
     for err in chain:
         name = type(err).__name__

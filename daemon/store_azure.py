@@ -128,6 +128,14 @@ def _contents(blob: Any) -> dict[str, Any]:
     }
 
 
+def _blob_size(props: Any, fallback: int) -> int:
+    """The whole blob's size from a ranged download's ``Content-Range: bytes 0-99/1234``
+    (``props.size`` is the size of the range); ``fallback`` when the answer was not ranged."""
+    content_range = str(getattr(props, "content_range", None) or "")
+    total = content_range.rpartition("/")[2]
+    return int(total) if total.isdigit() else fallback
+
+
 class AzureStore:
     """``StoreAdapter`` over an ``adlfs.AzureBlobFileSystem``."""
 
@@ -202,12 +210,25 @@ class AzureStore:
             condition = {"etag": _quoted(etag), "match_condition": MatchConditions.IfNotModified}
 
         async def once() -> tuple[bytes, Any]:
-            download = await blob.download_blob(
-                offset=start, length=length, max_concurrency=1, **condition, **self._options()
-            )
+            try:
+                download = await blob.download_blob(
+                    offset=start, length=length, max_concurrency=1, **condition, **self._options()
+                )
+            except Exception as exc:
+                code = getattr(getattr(exc, "error_code", None), "value", None)
+                if start != 0 or code != "InvalidRange":
+                    raise
+                # An empty blob has no byte 0: ask for the whole (empty) blob, still conditionally.
+                download = await blob.download_blob(max_concurrency=1, **condition, **self._options())
             return bytes(await download.readall()), download.properties
 
-        return await with_retries(once, self._tuning.max_attempts)
+        try:
+            return await with_retries(once, self._tuning.max_attempts)
+        except Exception as exc:
+            # If-Match on a deleted blob: Azurite answers 412 like an overwrite. Say which it was.
+            if etag and classify_failure(exc)[0] == "changed" and await self._properties(root, key) is None:
+                raise StoreResponseError("vanished", "BlobNotFound", "no such blob") from exc
+            raise
 
     def stream(
         self, root: BucketRoot, key: str, *, etag: str | None, chunk: int, consume: Callable[[bytes], None]
@@ -222,7 +243,7 @@ class AzureStore:
                 if data:
                     consume(data)
                 offset += len(data)
-                if not data or offset >= int(props.size or 0):
+                if not data or offset >= _blob_size(props, offset):
                     return
 
         self._sync(stream)

@@ -37,6 +37,7 @@ from daemon.objectstore import (
     StoreResponseError,
     Tuning,
     check_endpoint_url,
+    classify_failure,
     describe_endpoint,
     failure_error,
     quiet_sdk_logs,
@@ -167,9 +168,12 @@ class GcsStore:
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         try:
             return dict(self.fs._get_headers(dict(extra or {})))
-        except Exception as exc:  # google-auth refreshing a token
+        except Exception as exc:  # google-auth refreshing a token: refused, or its endpoint unreachable
+            kind = classify_failure(exc)[0]
             raise StoreResponseError(
-                "access_denied", type(exc).__name__, "the credentials were refused or could not be refreshed"
+                kind if kind in ("unreachable", "no_credentials") else "access_denied",
+                type(exc).__name__,
+                "the credentials could not be refreshed",
             ) from exc
 
     def _timeout(self) -> Any:
