@@ -320,7 +320,8 @@ class ObjectEntry:
     """One object of a listing: its path relative to the root and the state that vouches for it.
 
     ``(size, etag, last_modified)`` is the object's stat: when all three are unchanged since the
-    catalog last saw the key, its bytes are unchanged and need not be read again.
+    catalog last saw the key, its bytes are unchanged and need not be read again. ``etag`` is the
+    store's change token of this version: the ETag on S3 and Azure, the generation on GCS.
     """
 
     rel_path: str

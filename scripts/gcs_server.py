@@ -54,8 +54,8 @@ def install() -> Path:
     go = shutil.which("go")
     if go is None:
         raise ToolMissingError(
-            f"the GCS emulator is built from source with Go, and `go` is not on PATH: install Go 1.22+ "
-            f"(https://go.dev/dl/) to build {MODULE}@{VERSION}"
+            f"the GCS emulator is built from source with Go, and `go` is not on PATH: install Go "
+            f"(https://go.dev/dl/) to build {MODULE}@{VERSION}, which needs Go 1.26 (Go 1.21+ fetches it itself)"
         )
     BIN_DIR.mkdir(parents=True, exist_ok=True)
     with build_lock(CACHE / ".build.lock"):
