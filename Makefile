@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 KAFKA_LIBS := .cache/kafka/libs/.fetched
 export STRANDLINE_KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 
-.PHONY: run test lint schemas kafka kafka-stop clean install
+.PHONY: run test lint schemas kafka kafka-stop clean install emulators
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ run: install $(KAFKA_LIBS)
 	$(BIN)/python scripts/kafka_broker.py ensure
 	$(BIN)/strandline watch examples/data
 
+## The GCS and Azure emulators the bucket tests start: built/installed once into .cache/ (needs go / npm;
+## skipped, saying why, when they are missing, and then those tests skip too).
+emulators: install
+	$(BIN)/python scripts/gcs_server.py install --optional
+	$(BIN)/python scripts/azurite_server.py install --optional
+
 ## The whole test suite, against a real Kafka broker started for the session.
-test: install $(KAFKA_LIBS)
+test: install $(KAFKA_LIBS) emulators
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -92,9 +92,9 @@ class BucketPoller:
         self._datasets = [
             _Polled(
                 ds,
-                BucketSource(ds.root, spool_dir="", settings=config.s3),  # lists only: never spools
+                BucketSource(ds.root, spool_dir="", settings=config.store_settings(ds.root)),  # lists only
                 PathFilter.for_dataset(ds),
-                ds.poll_interval_seconds or config.s3.poll_interval_seconds,
+                ds.poll_interval_seconds or config.store_settings(ds.root).poll_interval_seconds,
             )
             for ds in datasets
         ]

@@ -1,6 +1,7 @@
-"""A dataset root in an object store, seen through the ``Source`` interface.
+"""A dataset root in an object store (``s3://``, ``gs://``, ``az://``), seen through the ``Source`` interface.
 
-The stat of an object is (size, last-modified, ETag): when all three match the catalog's stat
+The stat of an object is (size, last-modified, change token: S3's and Azure's ETag, GCS's
+generation): when all three match the catalog's stat
 cache the object is not read again, so a restart resumes instead of re-hashing the bucket.
 Objects are streamed, never held whole: hashing is one GET; an object about to be read as a
 table is copied to a spool file during that same GET, so the profile is of exactly the bytes
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,15 @@ from daemon.objectstore import (
     ObjectRejection,
     classify_failure,
     display_key,
-    failure_error,
+    filesystem_for,
     hash_object,
+    head_object,
     list_prefix,
-    make_filesystem,
     open_object,
     parse_root,
 )
 from daemon.scanner import FileStat, OnReject, Rejection
-from schemas.config import S3Config
+from schemas.config import StoreSettings
 from schemas.events import RejectReason
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,19 @@ _SECOND_NS = 1_000_000_000
 
 
 def entry_stat(entry: ObjectEntry) -> FileStat:
-    """An object's stat, the same whether it came from LIST or HEAD: LIST gives last-modified in
+    """An object's stat, the same whether it came from LIST or HEAD: S3's LIST gives last-modified in
     milliseconds and HEAD in whole seconds, and some servers quote ETags in one and not the other."""
     etag = entry.etag.removeprefix("W/").strip('"')
     return FileStat(entry.size, entry.mtime_ns // _SECOND_NS * _SECOND_NS, 0, etag)
 
 
 class BucketSource:
-    """``s3://bucket/prefix/`` as a Source. Not thread-safe: one versioner (or poller) drives it."""
+    """``s3://``, ``gs://`` or ``az://`` ``bucket/prefix/`` as a Source. Not thread-safe: one versioner
+    (or poller) drives it. ``settings`` is the store's config section (``StrandlineConfig.store_settings``)."""
 
-    racy_ns = 0  # an ETag changes with the bytes: a recent last-modified proves nothing less
+    racy_ns = 0  # a change token changes with the bytes: a recent last-modified proves nothing less
 
-    def __init__(self, location: str, *, spool_dir: str, settings: S3Config) -> None:
+    def __init__(self, location: str, *, spool_dir: str, settings: StoreSettings) -> None:
         self.root = parse_root(location)
         self.settings = settings
         self._spool = Path(spool_dir)
@@ -85,18 +86,7 @@ class BucketSource:
     @property
     def fs(self) -> Any:
         if self._fs is None:
-            s = self.settings
-            self._fs = make_filesystem(
-                self.root,
-                endpoint_url=s.endpoint_url,
-                region=s.region,
-                profile=s.profile,
-                access_key_id=s.access_key_id,
-                secret_access_key=s.secret_access_key,
-                session_token=s.session_token,
-                anonymous=s.anonymous,
-                max_attempts=s.max_attempts,
-            )
+            self._fs = filesystem_for(self.root, self.settings)
         return self._fs
 
     def missing(self) -> str | None:
@@ -117,20 +107,8 @@ class BucketSource:
                 yield item.rel_path, entry_stat(item)
 
     def _head(self, rel: str) -> FileStat | None:
-        key = self.root.prefix + rel
-        try:
-            head = self.fs.call_s3("head_object", Bucket=self.root.bucket, Key=key)
-        except Exception as exc:
-            kind, _ = classify_failure(exc)
-            if kind == "vanished":
-                return None
-            raise failure_error(exc, self.root, self.root.url, "look at", key) from exc
-        modified = head.get("LastModified")
-        if not isinstance(modified, datetime):
-            modified = datetime(1970, 1, 1, tzinfo=UTC)
-        elif modified.tzinfo is None:
-            modified = modified.replace(tzinfo=UTC)
-        return entry_stat(ObjectEntry(rel, key, int(head.get("ContentLength", 0)), str(head.get("ETag", "")), modified))
+        entry = head_object(self.fs, self.root, self.root.prefix + rel)
+        return None if entry is None else entry_stat(entry)
 
     def stat_paths(
         self, rels: Iterable[str], filt: PathFilter, on_reject: OnReject

@@ -149,7 +149,7 @@ def watch(folder: Path | None, config: Path | None, as_json: bool, http: str | N
 
     SIGHUP re-reads the config: added datasets start, removed ones stop, changed ones restart
     with a full look at their root. A dataset root may be a bucket prefix (s3://bucket/prefix/,
-    see [s3] in the config).
+    gs://bucket/prefix/, az://container/prefix/; see [s3], [gcs], [azure] in the config).
 
     \b
     Examples:

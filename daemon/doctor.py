@@ -123,7 +123,7 @@ def check_bucket(ds: DatasetConfig, config: StrandlineConfig) -> Check:
 
     name = f"root {ds.name}"
     try:
-        source = BucketSource(ds.root, spool_dir="", settings=config.s3)
+        source = BucketSource(ds.root, spool_dir="", settings=config.store_settings(ds.root))
         check_root(source.fs, source.root)
     except StrandlineError as exc:
         return Check(name, False, str(exc))  # our source errors already say what to do

@@ -126,7 +126,7 @@ class Engine:
 
     def _build(self, ds: DatasetConfig) -> _Dataset:
         spool = str(state_dir(self.config) / "spool" / ds.name)
-        source = open_source(ds.root, spool_dir=spool, settings=self.config.s3)
+        source = open_source(ds.root, spool_dir=spool, settings=self.config.store_settings(ds.root))
         snapshotter = None
         if ds.snapshot != "none":
             snapshotter = Snapshotter(store_path(self.config), ds.name, ds.snapshot, source)

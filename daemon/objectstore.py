@@ -1,47 +1,60 @@
-"""Dataset roots in object stores: ``s3://bucket/prefix`` listed, checked and hashed through fsspec.
+"""Dataset roots in object stores: ``s3://``, ``gs://`` and ``az://`` prefixes listed, checked and hashed.
 
 The pure core takes no network and is tested on its own:
 
-- ``parse_root`` turns ``s3://bucket/prefix`` into a ``BucketRoot`` (``ConfigError`` when it is not one);
+- ``parse_root`` turns ``s3://bucket/prefix`` (or ``gs://``, ``az://container/prefix``) into a
+  ``BucketRoot`` (``ConfigError`` when it is not one);
 - ``check_key`` / ``safe_key`` turn an object key into the relative POSIX path it is versioned
   under, or say why the key is hostile (traversal, absolute, encoded or look-alike separators,
   control characters, non-NFC text, overlong); a path they return never leaves a folder it is
   joined to;
-- ``entries_from_page`` turns one ``ListObjectsV2`` page into ``ObjectEntry`` and ``ObjectRejection``
-  values, skipping folder placeholders.
+- ``entries_from_page`` turns one listing page into ``ObjectEntry`` and ``ObjectRejection``
+  values, skipping folder placeholders;
+- ``classify_failure`` / ``failure_error`` turn any store library's exception into ours.
 
-The adapter around it, for S3 and S3-compatible stores (MinIO, Ceph, R2, moto) through s3fs:
+Around it, one small adapter per store (``StoreAdapter``: a page of a listing with a cursor, a
+HEAD, a conditional streamed read of a known version), each over its fsspec library:
 
-- ``make_filesystem`` builds the filesystem: endpoint override, credentials from the usual chain
-  (environment, shared credentials file and profile, container or instance role) unless given;
-- ``list_prefix`` pages through the listing, one page in memory at a time;
-- ``hash_object`` streams one GET through XXH3-128, the same digest ``daemon.fingerprint`` gives
-  the same bytes on disk; ``open_object`` opens an object for pyarrow;
-- ``check_root`` asks for one key, to fail early with a message that says what to do.
+- ``daemon.store_s3``: S3 and S3-compatible stores (MinIO, Ceph, R2, moto) through s3fs;
+  ListObjectsV2 pages, HEAD, GET with If-Match on the ETag;
+- ``daemon.store_gcs``: Google Cloud Storage (and fake-gcs-server) through gcsfs; JSON API pages
+  with pageToken, object metadata, media downloads pinned to the object's generation;
+- ``daemon.store_azure``: Azure Blob Storage (and Azurite) through adlfs' azure-storage-blob
+  client; list_blobs pages with a continuation token, blob properties, ranged downloads with
+  If-Match on the ETag.
+
+The functions here pick the adapter from the root's scheme: ``filesystem_for`` builds the
+filesystem from the store's config section; ``list_prefix`` pages through a listing, one page in
+memory at a time; ``head_object`` asks for one object; ``hash_object`` streams one object through
+XXH3-128, the same digest ``daemon.fingerprint`` gives the same bytes on disk; ``open_object``
+opens an object for pyarrow; ``check_root`` asks for one key, to fail early with a message that
+says what to do.
 
 Errors that concern the whole root (endpoint unreachable, bucket missing, access denied, no
 credentials, throttled) are ``SourceError``; errors of one object (vanished, changed since it was
-listed, access to it denied) are ``UnreadableDataError``. s3fs's and botocore's exceptions never
-get past this module, and no message carries a credential.
+listed, access to it denied) are ``UnreadableDataError``. The libraries' exceptions never get past
+this module, and no message carries a credential.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import random
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import xxhash
 from pydantic import SecretStr
 
 from daemon.errors import ConfigError, SourceError, StrandlineError, UnreadableDataError
-from schemas.config import is_bucket_url
+from schemas.config import AzureConfig, GcsConfig, S3Config, StoreSettings, is_bucket_url
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -51,14 +64,22 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_KEY_BYTES",
     "MAX_SEGMENT_BYTES",
+    "TUNING_ATTR",
     "BucketRoot",
     "FailureKind",
     "KeyProblem",
     "KeyRejection",
+    "ListingPage",
     "ObjectEntry",
     "ObjectFile",
     "ObjectRejection",
+    "RangedReader",
     "Scheme",
+    "StoreAdapter",
+    "StoreResponseError",
+    "Tuning",
+    "adapter_for",
+    "check_endpoint_url",
     "check_key",
     "check_root",
     "classify_failure",
@@ -66,13 +87,19 @@ __all__ = [
     "display_key",
     "entries_from_page",
     "failure_error",
+    "filesystem_for",
     "hash_object",
+    "head_object",
     "is_bucket_url",
     "list_prefix",
     "make_filesystem",
     "open_object",
     "parse_root",
+    "quiet_sdk_logs",
     "safe_key",
+    "same_etag",
+    "tuning_of",
+    "with_retries",
 ]
 
 Scheme = Literal["s3", "gs", "az"]
@@ -82,7 +109,7 @@ _SCHEMES: Final[dict[str, Scheme]] = {"s3": "s3", "gs": "gs", "az": "az"}
 # longer than either could never have come from a local root, so it is refused the same way.
 MAX_KEY_BYTES: Final = 1024
 MAX_SEGMENT_BYTES: Final = 255
-DEFAULT_PAGE_SIZE: Final = 1000  # the most one ListObjectsV2 call returns
+DEFAULT_PAGE_SIZE: Final = 1000  # the most one ListObjectsV2 (or GCS objects.list) call returns
 DEFAULT_CHUNK: Final = 1024 * 1024
 
 KeyProblem = Literal[
@@ -293,7 +320,8 @@ class ObjectEntry:
     """One object of a listing: its path relative to the root and the state that vouches for it.
 
     ``(size, etag, last_modified)`` is the object's stat: when all three are unchanged since the
-    catalog last saw the key, its bytes are unchanged and need not be read again.
+    catalog last saw the key, its bytes are unchanged and need not be read again. ``etag`` is the
+    store's change token of this version: the ETag on S3 and Azure, the generation on GCS.
     """
 
     rel_path: str
@@ -323,14 +351,15 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 def _utc(value: object) -> datetime:
     if not isinstance(value, datetime):
         return _EPOCH
-    # botocore gives aware datetimes in the local zone; a naive one is taken as UTC.
+    # botocore and azure-core give aware datetimes (maybe in the local zone); a naive one is taken as UTC.
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def entries_from_page(
     contents: Iterable[Mapping[str, Any]], root: BucketRoot
 ) -> Iterator[ObjectEntry | ObjectRejection]:
-    """Entries and rejections of one listing page (``ListObjectsV2``'s ``Contents``), in its order.
+    """Entries and rejections of one listing page (``ListingPage``: ``ListObjectsV2``'s ``Contents``
+    shape, which every adapter answers in), in its order.
 
     Empty keys ending in "/" are folder placeholders (made by consoles and Hadoop) and are skipped.
     """
@@ -358,8 +387,11 @@ FailureKind = Literal[
     "bucket_missing", "access_denied", "no_credentials", "unreachable", "throttled", "vanished", "changed", "other"
 ]
 
+# Error codes of S3 (botocore's ClientError) and Azure (azure-core's HttpResponseError.error_code),
+# then bare HTTP statuses for answers without a code.
 _CODES: Final[dict[str, FailureKind]] = {
     "NoSuchBucket": "bucket_missing",
+    "ContainerNotFound": "bucket_missing",
     "AccessDenied": "access_denied",
     "AllAccessDisabled": "access_denied",
     "AccountProblem": "access_denied",
@@ -369,6 +401,14 @@ _CODES: Final[dict[str, FailureKind]] = {
     "InvalidToken": "access_denied",
     "TokenRefreshRequired": "access_denied",
     "RequestTimeTooSkewed": "access_denied",
+    "AuthenticationFailed": "access_denied",
+    "AuthorizationFailure": "access_denied",
+    "AuthorizationPermissionMismatch": "access_denied",
+    "AuthorizationResourceTypeMismatch": "access_denied",
+    "InsufficientAccountPermissions": "access_denied",
+    "NoAuthenticationInformation": "access_denied",
+    "InvalidAuthenticationInfo": "access_denied",
+    "401": "access_denied",
     "403": "access_denied",
     "SlowDown": "throttled",
     "Throttling": "throttled",
@@ -377,11 +417,17 @@ _CODES: Final[dict[str, FailureKind]] = {
     "TooManyRequests": "throttled",
     "TooManyRequestsException": "throttled",
     "ServiceUnavailable": "throttled",
+    "ServerBusy": "throttled",
+    "500": "throttled",
+    "502": "throttled",
     "503": "throttled",
+    "504": "throttled",
     "429": "throttled",
     "NoSuchKey": "vanished",
+    "BlobNotFound": "vanished",
     "404": "vanished",
     "PreconditionFailed": "changed",
+    "ConditionNotMet": "changed",
     "412": "changed",
 }
 _UNREACHABLE_TYPES: Final = frozenset(
@@ -394,24 +440,47 @@ _UNREACHABLE_TYPES: Final = frozenset(
         "ResponseStreamingError",
         "ProxyConnectionError",
         "ClientConnectorError",
+        "ClientConnectorDNSError",
+        "ClientPayloadError",
         "ServerDisconnectedError",
+        "ServerTimeoutError",
         "ClientOSError",
         "ConnectionRefusedError",
         "TimeoutError",
         "FSTimeoutError",
+        "ServiceRequestError",  # azure-core: the request never got an answer
+        "ServiceResponseError",
+        "ServiceRequestTimeoutError",
+        "ServiceResponseTimeoutError",
+        "TransportError",  # google-auth: the token endpoint cannot be reached
     }
 )
 _NO_CREDENTIAL_TYPES: Final = frozenset(
-    {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "CredentialRetrievalError"}
+    {
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "ProfileNotFound",
+        "CredentialRetrievalError",
+        "DefaultCredentialsError",  # google-auth: nothing in the application-default chain
+        "CredentialUnavailableError",  # azure-identity: no credential in DefaultAzureCredential's chain
+    }
 )
+_REFUSED_CREDENTIAL_TYPES: Final = frozenset({"ClientAuthenticationError", "RefreshError"})
 
 
-def classify_failure(exc: BaseException) -> tuple[FailureKind, str]:
-    """What went wrong, from an exception raised by s3fs or botocore, and the S3 error code if any.
+class StoreResponseError(Exception):
+    """A store's answer that an adapter classified itself (a GCS JSON error, a pinned generation gone).
 
-    Pure: it follows ``__cause__``/``__context__`` (s3fs wraps botocore's ``ClientError`` in an
-    ``OSError``) and reads the error code of the first ``ClientError`` found.
+    Adapters raise it, or their library's own errors; ``failure_error`` turns both into ours.
     """
+
+    def __init__(self, kind: FailureKind, code: str, message: str) -> None:
+        super().__init__(message)
+        self.kind: FailureKind = kind
+        self.code = code
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
     seen: set[int] = set()
     chain: list[BaseException] = []
     current: BaseException | None = exc
@@ -419,7 +488,21 @@ def classify_failure(exc: BaseException) -> tuple[FailureKind, str]:
         seen.add(id(current))
         chain.append(current)
         current = current.__cause__ or current.__context__
+    return chain
+
+
+def classify_failure(exc: BaseException) -> tuple[FailureKind, str]:
+    """What went wrong, from an exception raised by a store's library, and the store's error code if any.
+
+    Pure: it follows ``__cause__``/``__context__`` (s3fs wraps botocore's ``ClientError`` in an
+    ``OSError``) and reads the first structured answer found: an adapter's ``StoreResponseError``,
+    botocore's error code, azure-core's ``error_code`` and HTTP status. Failing that, the type of
+    a connection or credentials error decides.
+    """
+    chain = _chain(exc)
     for err in chain:
+        if isinstance(err, StoreResponseError):
+            return err.kind, err.code
         response = getattr(err, "response", None)
         if isinstance(response, Mapping):
             error = response.get("Error") or {}
@@ -427,10 +510,17 @@ def classify_failure(exc: BaseException) -> tuple[FailureKind, str]:
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             kind = _CODES.get(code) or _CODES.get(str(status))
             return kind or "other", code
+        status_code = getattr(err, "status_code", None)
+        if isinstance(status_code, int) and not isinstance(status_code, bool):  # azure-core
+            raw = getattr(err, "error_code", None)
+            code = str(getattr(raw, "value", raw) or "")  # a StorageErrorCode enum, or a plain string
+            return _CODES.get(code) or _CODES.get(str(status_code)) or "other", code or str(status_code)
     for err in chain:
         name = type(err).__name__
         if name in _NO_CREDENTIAL_TYPES:
             return "no_credentials", name
+        if name in _REFUSED_CREDENTIAL_TYPES:
+            return "access_denied", name
         if name in _UNREACHABLE_TYPES or isinstance(err, ConnectionError | TimeoutError):
             return "unreachable", name
         if name == "FileExpired":  # s3fs: the ETag moved while a file was open
@@ -451,7 +541,46 @@ def describe_endpoint(endpoint_url: str | None, region: str | None = None) -> st
     host = parts.hostname or ""
     if parts.port is not None:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class _Hints:
+    """What to tell an operator, per store: where credentials come from, which permissions to grant."""
+
+    container: str
+    credentials: str
+    read_grant: str
+    list_grant: str
+
+
+_HINTS: Final[dict[Scheme, _Hints]] = {
+    "s3": _Hints(
+        "bucket",
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a shared credentials file, or run "
+        "with an instance or container role",
+        "grant s3:GetObject (and kms:Decrypt for encrypted objects) to the daemon's credentials",
+        "grant s3:ListBucket and s3:GetObject on the bucket to the daemon's credentials, or fix the key",
+    ),
+    "gs": _Hints(
+        "bucket",
+        "set GOOGLE_APPLICATION_CREDENTIALS (or [gcs] credentials_file) to a service account key file, run "
+        "`gcloud auth application-default login`, or run on Google Cloud with a service account "
+        "([gcs] anonymous = true for public buckets)",
+        "grant storage.objects.get (roles/storage.objectViewer) to the daemon's account",
+        "grant storage.objects.list and storage.objects.get (roles/storage.objectViewer) on the bucket to the "
+        "daemon's account, or fix the credentials",
+    ),
+    "az": _Hints(
+        "container",
+        "set [azure] connection_string (STRANDLINE_AZURE_CONNECTION_STRING or AZURE_STORAGE_CONNECTION_STRING), "
+        "or account_name with account_key or sas_token, or sign in for DefaultAzureCredential (az login, a "
+        "managed identity, AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET)",
+        "grant the Storage Blob Data Reader role (or a SAS with read permission) to the daemon's identity",
+        "grant the Storage Blob Data Reader role on the container (or a SAS with list and read permissions) to "
+        "the daemon's identity, or fix the key",
+    ),
+}
 
 
 def failure_error(
@@ -459,17 +588,15 @@ def failure_error(
 ) -> StrandlineError:
     """Our error for a failed call: ``SourceError`` for the root, ``UnreadableDataError`` for one object."""
     kind, code = classify_failure(exc)
+    hints = _HINTS[root.scheme]
     at = f"{root.url} at {endpoint}"
     suffix = f" ({code})" if code else ""
     if kind == "bucket_missing":
         return SourceError(
-            f"bucket {root.bucket!r} does not exist at {endpoint}: create it or fix the root in the config"
+            f"{hints.container} {root.bucket!r} does not exist at {endpoint}: create it or fix the root in the config"
         )
     if kind == "no_credentials":
-        return SourceError(
-            f"no credentials to {action} {at}{suffix}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "or AWS_PROFILE with a shared credentials file, or run with an instance or container role"
-        )
+        return SourceError(f"no credentials to {action} {at}{suffix}: {hints.credentials}")
     if kind == "unreachable":
         return SourceError(
             f"cannot reach {endpoint} to {action} {root.url}{suffix}: check the endpoint URL, the network "
@@ -489,16 +616,10 @@ def failure_error(
                 f"object {shown} in {at} changed since it was listed; the next poll reads the new version"
             )
         if kind == "access_denied":
-            return UnreadableDataError(
-                f"access denied to object {shown} in {at}{suffix}: grant s3:GetObject (and kms:Decrypt for "
-                "encrypted objects) to the daemon's credentials"
-            )
+            return UnreadableDataError(f"access denied to object {shown} in {at}{suffix}: {hints.read_grant}")
         return UnreadableDataError(f"cannot {action} object {shown} in {at}{suffix}: {_first_line(exc)}")
     if kind == "access_denied":
-        return SourceError(
-            f"access denied to {action} {at}{suffix}: grant s3:ListBucket and s3:GetObject on the bucket "
-            "to the daemon's credentials, or fix the key"
-        )
+        return SourceError(f"access denied to {action} {at}{suffix}: {hints.list_grant}")
     return SourceError(f"cannot {action} {at}{suffix}: {_first_line(exc)}")
 
 
@@ -507,7 +628,127 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# --- the adapter: s3fs ------------------------------------------------------------------------
+# --- the adapters: one per store, behind one small interface ------------------------------------
+
+ListingPage = tuple[list[Mapping[str, Any]], str | None]
+"""One listing page: objects as ``{"Key", "Size", "ETag", "LastModified"}`` (the shape of S3's
+``ListObjectsV2`` ``Contents``) in key order, and the cursor of the next page (None after the last)."""
+
+
+class StoreAdapter(Protocol):
+    """The few calls a store must answer. One implementation per store wraps its library's fsspec
+    filesystem (``daemon.store_s3``, ``daemon.store_gcs``, ``daemon.store_azure``) and raises that
+    library's errors or ``StoreResponseError``; the functions of this module translate both.
+
+    ``etag`` is the store's change token of one object version: S3's ETag, GCS's generation,
+    Azure's ETag. Reads given one return exactly that version's bytes or fail as "changed".
+    """
+
+    fs: Any
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint, printable: no user, password or query (a SAS token) in it."""
+        ...
+
+    def list_page(
+        self, root: BucketRoot, *, page_size: int, cursor: str | None, start_after: str | None
+    ) -> ListingPage: ...
+
+    def head(self, root: BucketRoot, key: str) -> Mapping[str, Any] | None:
+        """The object's listing entry as the store answers now; None when there is no such object."""
+        ...
+
+    def stream(
+        self, root: BucketRoot, key: str, *, etag: str | None, chunk: int, consume: Callable[[bytes], None]
+    ) -> None:
+        """Hand the object's bytes to ``consume`` in order, at most about ``chunk`` bytes at a time."""
+        ...
+
+    def open(self, root: BucketRoot, key: str, *, etag: str | None, block_size: int) -> Any:
+        """A file-like handle (``read``, ``seek``, ``tell``, ``close``, ``size``, ``details["ETag"]``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Retries and timeouts of the adapters that retry themselves (GCS, Azure), kept on the filesystem."""
+
+    max_attempts: int = 3
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+TUNING_ATTR: Final = "_strandline_tuning"
+
+
+def tuning_of(fs: Any) -> Tuning:
+    tuning = getattr(fs, TUNING_ATTR, None)
+    return tuning if isinstance(tuning, Tuning) else Tuning()
+
+
+_T = TypeVar("_T")
+
+
+async def with_retries(call: Callable[[], Awaitable[_T]], attempts: int) -> _T:
+    """``await call()``, again after a jittered, growing pause while it fails as throttled or
+    unreachable, ``attempts`` tries in all; other failures are raised at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except Exception as exc:
+            if attempt >= attempts or classify_failure(exc)[0] not in ("throttled", "unreachable"):
+                raise
+        pause = min(5.0, 0.2 * 2 ** (attempt - 1))
+        await asyncio.sleep(pause * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not a secret
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def adapter_for(fs: Any, root: BucketRoot) -> StoreAdapter:
+    """The adapter of ``root``'s store around ``fs`` (made by ``filesystem_for`` or ``make_filesystem``)."""
+    if root.scheme == "gs":
+        from daemon.store_gcs import GcsStore
+
+        return GcsStore(fs)
+    if root.scheme == "az":
+        from daemon.store_azure import AzureStore
+
+        return AzureStore(fs)
+    from daemon.store_s3 import S3Store
+
+    return S3Store(fs)
+
+
+def filesystem_for(root: BucketRoot, settings: StoreSettings) -> Any:
+    """The fsspec filesystem of ``root``'s store, built from its config section; it connects on first use.
+
+    ``settings`` is the section ``StrandlineConfig.store_settings`` picks: [s3], [gcs] or [azure].
+    """
+    if root.scheme == "gs":
+        if not isinstance(settings, GcsConfig):
+            raise ConfigError(f"dataset root {root.url} takes the [gcs] settings")
+        from daemon.store_gcs import make_gcs_filesystem
+
+        return make_gcs_filesystem(root, settings)
+    if root.scheme == "az":
+        if not isinstance(settings, AzureConfig):
+            raise ConfigError(f"dataset root {root.url} takes the [azure] settings")
+        from daemon.store_azure import make_azure_filesystem
+
+        return make_azure_filesystem(root, settings)
+    if not isinstance(settings, S3Config):
+        raise ConfigError(f"dataset root {root.url} takes the [s3] settings")
+    return make_filesystem(
+        root,
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        profile=settings.profile,
+        access_key_id=settings.access_key_id,
+        secret_access_key=settings.secret_access_key,
+        session_token=settings.session_token,
+        anonymous=settings.anonymous,
+        max_attempts=settings.max_attempts,
+    )
 
 
 def make_filesystem(
@@ -524,114 +765,129 @@ def make_filesystem(
     read_timeout: float = 30.0,
     max_attempts: int = 3,
 ) -> Any:
-    """An fsspec filesystem (``s3fs.S3FileSystem``) for ``root``; it connects on first use.
+    """An S3 filesystem (``s3fs.S3FileSystem``) for an ``s3://`` root; it connects on first use.
 
     With no key given, botocore's chain finds the credentials: the environment, the shared
     credentials and config files (``profile`` or ``AWS_PROFILE``), then a container or instance
     role. ``endpoint_url`` points at an S3-compatible store. Retries (throttling, 5xx, dropped
     connections) are botocore's "standard" mode, up to ``max_attempts`` tries a call, with jittered
-    backoff; s3fs's own retry loop is switched off so the two do not multiply.
+    backoff. ``gs://`` and ``az://`` roots take their own settings: see ``filesystem_for``.
     """
     if root.scheme != "s3":
         raise ConfigError(
-            f"dataset root {root.url}: {root.scheme}:// roots are not supported yet; only s3:// and "
-            "S3-compatible stores (with endpoint_url) are"
+            f"dataset root {root.url}: make_filesystem builds S3 clients; {root.scheme}:// roots take the "
+            f"[{'gcs' if root.scheme == 'gs' else 'azure'}] settings (filesystem_for)"
         )
-    if (access_key_id is None) != (secret_access_key is None):
-        raise ConfigError("give both the access key id and the secret access key, or neither")
-    if endpoint_url is not None:
-        parts = urlsplit(endpoint_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"endpoint URL {describe_endpoint(endpoint_url)!r} must be http(s)://HOST[:PORT]")
-        if parts.username is not None or parts.password is not None:
-            # botocore would log the URL, user and password included, with every request at DEBUG.
-            raise ConfigError(
-                f"endpoint URL {describe_endpoint(endpoint_url)!r} holds a user or password: give credentials "
-                "through the environment, a shared credentials file or the access key settings instead"
-            )
-    _quiet_sdk_debug_logs()
-    import s3fs  # type: ignore[import-untyped]  # imported late: aiobotocore costs ~0.3 s to import
+    from daemon.store_s3 import make_s3_filesystem
 
-    options: dict[str, Any] = {
-        "anon": anonymous,
-        "endpoint_url": endpoint_url,
-        "client_kwargs": {"region_name": region} if region else {},
-        "config_kwargs": {
-            "connect_timeout": connect_timeout,
-            "read_timeout": read_timeout,
-            "retries": {"mode": "standard", "max_attempts": max_attempts},
-        },
-        # One filesystem per call and no listing cache: a poll must see the store as it is now.
-        "skip_instance_cache": True,
-        "use_listings_cache": False,
-    }
-    if profile:
-        options["profile"] = profile
-    if access_key_id is not None and secret_access_key is not None:
-        options["key"] = access_key_id
-        options["secret"] = secret_access_key.get_secret_value()
-        if session_token is not None:
-            options["token"] = session_token.get_secret_value()
-    try:
-        fs = s3fs.S3FileSystem(**options)
-    except Exception as exc:
-        raise ConfigError(f"cannot set up the S3 client for {root.url}: {_first_line(exc)}") from exc
-    fs.retries = 1  # one try per s3fs call: botocore retries underneath
-    return fs
+    return make_s3_filesystem(
+        root,
+        endpoint_url=endpoint_url,
+        region=region,
+        profile=profile,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        session_token=session_token,
+        anonymous=anonymous,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_attempts=max_attempts,
+    )
 
 
-def _quiet_sdk_debug_logs() -> None:
-    """Keep botocore's DEBUG lines (request headers with the access key id, signatures) out of our logs.
+def check_endpoint_url(endpoint_url: str) -> None:
+    """Refuse an endpoint that is not ``http(s)://HOST[:PORT]`` or that holds a user or password
+    (SDKs log the URL, user and password included, at DEBUG)."""
+    parts = urlsplit(endpoint_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"endpoint URL {describe_endpoint(endpoint_url)!r} must be http(s)://HOST[:PORT]")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"endpoint URL {describe_endpoint(endpoint_url)!r} holds a user or password: give credentials "
+            "through the environment, a credentials file or the credential settings instead"
+        )
 
-    Only loggers nobody configured are raised to INFO, so an operator can still ask for them.
+
+_SDK_LOGGERS: Final = {
+    # DEBUG request lines with headers (the access key id, signatures).
+    "botocore": logging.INFO,
+    "aiobotocore": logging.INFO,
+    # One INFO line per request and response, headers included (redacted, but a flood at INFO).
+    "azure.core.pipeline.policies.http_logging_policy": logging.WARNING,
+    # INFO lines for every credential it tries.
+    "azure.identity": logging.WARNING,
+}
+
+
+def quiet_sdk_logs() -> None:
+    """Keep the store SDKs' chatty or header-bearing log lines out of our logs.
+
+    Only loggers nobody configured are raised, so an operator can still ask for them.
     """
-    for name in ("botocore", "aiobotocore"):
+    for name, level in _SDK_LOGGERS.items():
         sdk_logger = logging.getLogger(name)
         if sdk_logger.level == logging.NOTSET:
-            sdk_logger.setLevel(logging.INFO)
-
-
-def _endpoint_of(fs: Any) -> str:
-    region = (getattr(fs, "client_kwargs", None) or {}).get("region_name")
-    return describe_endpoint(getattr(fs, "endpoint_url", None), region)
+            sdk_logger.setLevel(level)
 
 
 def check_root(fs: Any, root: BucketRoot) -> None:
     """Ask the store for one key under ``root``; ``SourceError`` saying what to fix if that fails."""
+    store = adapter_for(fs, root)
     try:
-        fs.call_s3("list_objects_v2", Bucket=root.bucket, Prefix=root.prefix, MaxKeys=1)
+        store.list_page(root, page_size=1, cursor=None, start_after=None)
     except Exception as exc:
-        raise failure_error(exc, root, _endpoint_of(fs), "list") from exc
+        raise failure_error(exc, root, store.endpoint, "list") from exc
+
+
+_MAX_PAGE_SIZE: Final[dict[Scheme, int]] = {"s3": 1000, "gs": 1000, "az": 5000}
 
 
 def list_prefix(
     fs: Any, root: BucketRoot, *, page_size: int = DEFAULT_PAGE_SIZE, start_after: str | None = None
 ) -> Iterator[ObjectEntry | ObjectRejection]:
-    """Every object below ``root``, in the store's key order (UTF-8 bytes for S3), lazily.
+    """Every object below ``root``, in the store's key order (UTF-8 bytes), lazily.
 
-    One ``ListObjectsV2`` page of at most ``page_size`` keys is fetched when the previous one is
-    consumed, so memory does not grow with the bucket. Folder placeholders are skipped; hostile
-    keys come out as ``ObjectRejection`` values in their place, never as entries. ``start_after``
-    resumes a listing after a key. Objects of multipart uploads still in progress are not objects
-    yet and are not listed. Raises ``SourceError`` when a page cannot be fetched.
+    One page of at most ``page_size`` keys (S3 and GCS: 1,000 at most; Azure 5,000) is fetched
+    when the previous one is consumed, so memory does not grow with the bucket. Folder
+    placeholders are skipped; hostile keys come out as ``ObjectRejection`` values in their place,
+    never as entries. ``start_after`` resumes a listing after a key. Objects still being uploaded
+    (S3 multipart uploads, uncommitted Azure blocks) are not objects yet and are not listed.
+    Raises ``SourceError`` when a page cannot be fetched.
     """
-    if not 1 <= page_size <= DEFAULT_PAGE_SIZE:
-        raise ValueError(f"page_size must be 1..{DEFAULT_PAGE_SIZE}, not {page_size}")
-    request: dict[str, Any] = {"Bucket": root.bucket, "Prefix": root.prefix, "MaxKeys": page_size}
-    if start_after:
-        request["StartAfter"] = start_after
-    endpoint = _endpoint_of(fs)
+    most = _MAX_PAGE_SIZE[root.scheme]
+    if not 1 <= page_size <= most:
+        raise ValueError(f"page_size must be 1..{most}, not {page_size}")
+    store = adapter_for(fs, root)
+    cursor: str | None = None
     while True:
         try:
-            page = fs.call_s3("list_objects_v2", **request)
+            contents, cursor = store.list_page(root, page_size=page_size, cursor=cursor, start_after=start_after)
         except Exception as exc:
-            raise failure_error(exc, root, endpoint, "list") from exc
-        yield from entries_from_page(page.get("Contents", []), root)
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
+            raise failure_error(exc, root, store.endpoint, "list") from exc
+        yield from entries_from_page(contents, root)
+        if cursor is None:
             return
-        request["ContinuationToken"] = token
-        request.pop("StartAfter", None)
+
+
+def head_object(fs: Any, root: BucketRoot, key: str) -> ObjectEntry | None:
+    """The object at ``key`` as the store sees it now (one HEAD or metadata request); None when
+    there is none. ``rel_path`` is the key below the root's prefix, unchecked: pass known keys."""
+    store = adapter_for(fs, root)
+    try:
+        found = store.head(root, key)
+    except Exception as exc:
+        if classify_failure(exc)[0] == "vanished":
+            return None
+        raise failure_error(exc, root, store.endpoint, "look at", key) from exc
+    if found is None:
+        return None
+    return ObjectEntry(
+        rel_path=key.removeprefix(root.prefix),
+        key=key,
+        size=int(found.get("Size", 0)),
+        etag=str(found.get("ETag", "")),
+        last_modified=_utc(found.get("LastModified")),
+    )
 
 
 def hash_object(
@@ -643,36 +899,27 @@ def hash_object(
     chunk: int = DEFAULT_CHUNK,
     sink: BinaryIO | None = None,
 ) -> str:
-    """XXH3-128 of an object's bytes as 32 lowercase hex digits, streamed from one GET.
+    """XXH3-128 of an object's bytes as 32 lowercase hex digits, streamed.
 
     The digest equals ``daemon.fingerprint.hash_file`` of the same bytes in a local file. At most
-    ``chunk`` bytes are held at a time. With ``etag`` (the listed one) the GET is conditional: an
-    object overwritten since it was listed raises ``UnreadableDataError`` instead of hashing bytes
-    the listing never saw. ``sink`` also receives the bytes (a local copy of exactly what was hashed).
+    about ``chunk`` bytes are held at a time (Azure reads ranges of at least 4 MiB). With ``etag``
+    (the listed change token) the read is conditional: an object overwritten since it was listed
+    raises ``UnreadableDataError`` instead of hashing bytes the listing never saw. ``sink`` also
+    receives the bytes (a local copy of exactly what was hashed).
     """
-    from fsspec.asyn import sync  # type: ignore[import-untyped]
+    store = adapter_for(fs, root)
+    hasher = xxhash.xxh3_128()
 
-    request: dict[str, Any] = {"Bucket": root.bucket, "Key": key}
-    if etag:
-        request["IfMatch"] = etag
-
-    async def stream() -> str:
-        response = await fs._call_s3("get_object", **request)
-        body = response["Body"]
-        hasher = xxhash.xxh3_128()
-        try:
-            while data := await body.read(chunk):
-                hasher.update(data)
-                if sink is not None:
-                    sink.write(data)
-        finally:
-            body.close()
-        return str(hasher.hexdigest())
+    def consume(data: bytes) -> None:
+        hasher.update(data)
+        if sink is not None:
+            sink.write(data)
 
     try:
-        return cast(str, sync(fs.loop, stream))
+        store.stream(root, key, etag=etag, chunk=chunk, consume=consume)
     except Exception as exc:
-        raise failure_error(exc, root, _endpoint_of(fs), "read", key) from exc
+        raise failure_error(exc, root, store.endpoint, "read", key) from exc
+    return str(hasher.hexdigest())
 
 
 class ObjectFile(io.RawIOBase):
@@ -680,8 +927,8 @@ class ObjectFile(io.RawIOBase):
 
     pyarrow reads it like a local file. Every failure while reading comes out as our error: an
     object overwritten since it was opened raises ``UnreadableDataError`` (reads are ranged GETs
-    conditional on the ETag seen at open, so two versions are never mixed), a lost endpoint
-    ``SourceError``.
+    conditional on the change token seen at open, so two versions are never mixed), a lost
+    endpoint ``SourceError``.
     """
 
     def __init__(self, handle: Any, fail: Callable[[BaseException], StrandlineError]) -> None:
@@ -733,8 +980,55 @@ class ObjectFile(io.RawIOBase):
         super().close()
 
 
-def _same_etag(a: str, b: str) -> bool:
-    """ETags compared as S3-compatible stores write them: some quote them in one API and not another."""
+class RangedReader:
+    """A file-like handle over ranged reads of one object version, one block cached (read ahead).
+
+    ``fetch(start, length)`` returns up to ``length`` bytes from ``start``, pinned to the version
+    ``etag`` names; the adapters of stores without an fsspec file that pins versions use it.
+    """
+
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int, etag: str, block_size: int) -> None:
+        self._fetch = fetch
+        self.size = size
+        self.details = {"ETag": etag}
+        self._block_size = max(1, block_size)
+        self._pos = 0
+        self._block_start = 0
+        self._block = b""
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = max(self.size - self._pos, 0)
+        size = remaining if size < 0 else min(size, remaining)
+        out = bytearray()
+        while len(out) < size:
+            offset = self._pos - self._block_start
+            if not 0 <= offset < len(self._block):
+                want = min(max(self._block_size, size - len(out)), self.size - self._pos)
+                self._block = self._fetch(self._pos, want)
+                self._block_start, offset = self._pos, 0
+                if not self._block:
+                    break
+            piece = self._block[offset : offset + size - len(out)]
+            out += piece
+            self._pos += len(piece)
+        return bytes(out)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._block = b""
+
+
+def same_etag(a: str, b: str) -> bool:
+    """ETags compared as stores write them: some quote them in one API and not another."""
     return a.removeprefix("W/").strip('"') == b.removeprefix("W/").strip('"')
 
 
@@ -743,19 +1037,14 @@ def open_object(
 ) -> ObjectFile:
     """A seekable binary file of one object, for pyarrow (``pq.ParquetFile``, ``pa.csv.open_csv``).
 
-    Reads are ranged GETs of ``block_size`` bytes (read ahead), each conditional on the ETag seen
-    at open. With ``etag`` (the listed one), an object already changed since it was listed raises
-    ``UnreadableDataError`` at once. Close it (it is a context manager).
+    Reads are ranged GETs of ``block_size`` bytes (read ahead), each conditional on the change
+    token seen at open. With ``etag`` (the listed one), an object already changed since it was
+    listed raises ``UnreadableDataError`` at once. Close it (it is a context manager).
     """
-    endpoint = _endpoint_of(fs)
-    path = f"{root.bucket}/{key}"
+    store = adapter_for(fs, root)
+    endpoint = store.endpoint
     try:
-        handle = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+        handle = store.open(root, key, etag=etag, block_size=block_size)
     except Exception as exc:
         raise failure_error(exc, root, endpoint, "open", key) from exc
-    if etag is not None and not _same_etag(str(handle.details.get("ETag", "")), etag):
-        handle.close()
-        raise UnreadableDataError(
-            f"object {display_key(key)} in {root.url} changed since it was listed; the next poll reads the new version"
-        )
     return ObjectFile(handle, lambda exc: failure_error(exc, root, endpoint, "read", key))

@@ -21,7 +21,7 @@ from daemon.fingerprint import ChangedWhileReadingError, hash_file
 from daemon.manifest import FileState
 from daemon.restore import STAGING_PREFIX
 from daemon.scanner import FileStat, OnReject, Rejection, stat_error, stat_paths, walk
-from schemas.config import S3Config, is_bucket_url
+from schemas.config import StoreSettings, is_bucket_url
 
 if TYPE_CHECKING:
     from daemon.content_store import ContentStore, PutMode, PutResult
@@ -161,14 +161,15 @@ class LocalSource:
         return store.put(os.path.join(self.root, rel), state.hash, state.size, mode)
 
 
-def open_source(location: str, *, spool_dir: str, settings: S3Config) -> Source:
-    """The source for a dataset root: a ``BucketSource`` for ``s3://...``, else a ``LocalSource``.
+def open_source(location: str, *, spool_dir: str, settings: StoreSettings) -> Source:
+    """The source for a dataset root: a ``BucketSource`` for ``s3://``, ``gs://``, ``az://``, else a
+    ``LocalSource``.
 
     ``spool_dir`` holds a bucket source's temporary copies of table objects; ``settings`` say how
-    to reach buckets.
+    to reach the root's store (``StrandlineConfig.store_settings(location)``).
     """
     if is_bucket_url(location):
-        from daemon.bucket_source import BucketSource  # s3fs is imported only when a bucket is watched
+        from daemon.bucket_source import BucketSource  # store SDKs are imported only when a bucket is watched
 
         return BucketSource(location, spool_dir=spool_dir, settings=settings)
     return LocalSource(location)

@@ -247,8 +247,8 @@ class DatasetConfig(BaseModel):
 
     name: str = Field(pattern=DATASET_NAME_PATTERN, description="Unique dataset name, used as the Kafka key.")
     root: str = Field(
-        description="Folder holding the dataset's files, or a bucket prefix such as s3://bucket/prefix/"
-        " (see [s3] for the endpoint and credentials)."
+        description="Folder holding the dataset's files, or a bucket prefix such as s3://bucket/prefix/,"
+        " gs://bucket/prefix/ or az://container/prefix/ (see [s3], [gcs], [azure] for endpoints and credentials)."
     )
     include: tuple[str, ...] = Field(
         ("**",), description="Globs (relative to root, ** crosses folders) of files that belong to the dataset."
@@ -284,7 +284,9 @@ class DatasetConfig(BaseModel):
         " notifications of [s3.notifications] (with a slow safety re-list).",
     )
     poll_interval_seconds: Annotated[float, Field(ge=0.1, le=86400.0)] | None = Field(
-        None, description="Bucket roots only: seconds between listings (default: [s3] poll_interval_seconds)."
+        None,
+        description="Bucket roots only: seconds between listings (default: poll_interval_seconds of [s3], [gcs]"
+        " or [azure]).",
     )
     snapshot: SnapshotPolicy = Field(
         "auto",
@@ -313,7 +315,7 @@ class DatasetConfig(BaseModel):
     @model_validator(mode="after")
     def _bucket_settings_need_a_bucket(self) -> DatasetConfig:
         if not self.is_bucket and (self.detect != "poll" or self.poll_interval_seconds is not None):
-            raise ValueError("detect and poll_interval_seconds apply to bucket roots (s3://...) only")
+            raise ValueError("detect and poll_interval_seconds apply to bucket roots (s3://, gs://, az://) only")
         return self
 
     @field_validator("include", "exclude")
@@ -615,6 +617,96 @@ class StoreConfig(_Section):
     )
 
 
+class GcsConfig(_Section):
+    """How gs://bucket/prefix/ roots are reached. Credentials come from Google's usual chain
+    (GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default login, the metadata server of a
+    Google Cloud VM) unless a credentials file is given or access is anonymous."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="Another GCS JSON API endpoint, e.g. an emulator at http://127.0.0.1:4443;"
+        " default https://storage.googleapis.com.",
+    )
+    credentials_file: Path | None = Field(
+        None,
+        description="Service account key file (JSON); default: Google's application-default credentials chain.",
+    )
+    anonymous: bool = Field(False, description="Read public buckets (or an emulator) without credentials.")
+    poll_interval_seconds: Annotated[float, Field(ge=0.1, le=86400.0)] = Field(
+        10.0, description="Seconds between listings of a polled prefix (one list request per page_size objects)."
+    )
+    page_size: int = Field(1000, ge=1, le=1000, description="Objects per list request (1000 is the most GCS returns).")
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries per request on throttling, 5xx answers and dropped connections."
+    )
+    connect_timeout_seconds: Annotated[float, Field(gt=0.0, le=300.0)] = Field(
+        5.0, description="Longest wait for a connection to the endpoint."
+    )
+    read_timeout_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        30.0, description="Longest wait for the next bytes of an answer."
+    )
+
+
+class AzureConfig(_Section):
+    """How az://container/prefix/ roots are reached (Azure Blob Storage). Give a connection string,
+    or an account name with a key, a SAS token or nothing (then DefaultAzureCredential: environment,
+    workload or managed identity, Azure CLI login); adlfs also reads AZURE_STORAGE_CONNECTION_STRING,
+    AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    account_name: str | None = Field(
+        None, pattern=r"^[a-z0-9]{3,24}$", description="Storage account name (3-24 lowercase letters and digits)."
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="Blob service URL when it is not https://ACCOUNT.blob.core.windows.net, e.g. Azurite's"
+        " http://127.0.0.1:10000/devstoreaccount1 (used with account_name and account_key or sas_token).",
+    )
+    connection_string: SecretStr | None = Field(
+        None,
+        description="Connection string (a secret: prefer STRANDLINE_AZURE_CONNECTION_STRING); wins over the rest.",
+    )
+    account_key: SecretStr | None = Field(
+        None, description="Account key (a secret: prefer STRANDLINE_AZURE_ACCOUNT_KEY), with account_name."
+    )
+    sas_token: SecretStr | None = Field(None, description="Shared access signature (a secret), with account_name.")
+    anonymous: bool = Field(False, description="Read public containers without credentials.")
+    poll_interval_seconds: Annotated[float, Field(ge=0.1, le=86400.0)] = Field(
+        10.0, description="Seconds between listings of a polled prefix (one list request per page_size blobs)."
+    )
+    page_size: int = Field(1000, ge=1, le=5000, description="Blobs per list request (5000 is the most Azure returns).")
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries per request on throttling, 5xx answers and dropped connections."
+    )
+    connect_timeout_seconds: Annotated[float, Field(gt=0.0, le=300.0)] = Field(
+        5.0, description="Longest wait for a connection to the endpoint."
+    )
+    read_timeout_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        30.0, description="Longest wait for the next bytes of an answer."
+    )
+
+    @model_validator(mode="after")
+    def _credentials_are_consistent(self) -> AzureConfig:
+        keyed = [n for n in ("account_key", "sas_token") if getattr(self, n) is not None]
+        if len(keyed) > 1:
+            raise ValueError("[azure] set account_key or sas_token, not both")
+        if keyed and self.account_name is None and self.connection_string is None:
+            raise ValueError(f"[azure] {keyed[0]} needs account_name")
+        if self.anonymous and (keyed or self.connection_string is not None):
+            raise ValueError("[azure] anonymous = true reads without credentials: remove the key, token or string")
+        return self
+
+
+StoreSettings = S3Config | GcsConfig | AzureConfig
+
+
+def bucket_scheme(root: str) -> str:
+    """The lower-case scheme of a bucket URL (``s3``, ``gs``, ``az``), "" for a local path."""
+    match = _URL_SCHEME.match(root)
+    return root[: match.end() - 3].lower() if match else ""
+
+
 class StrandlineConfig(BaseSettings):
     """The whole configuration of a Strandline host."""
 
@@ -651,6 +743,8 @@ class StrandlineConfig(BaseSettings):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     s3: S3Config = Field(default_factory=S3Config)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    gcs: GcsConfig = Field(default_factory=GcsConfig)
+    azure: AzureConfig = Field(default_factory=AzureConfig)
     datasets: tuple[DatasetConfig, ...] = Field((), description="Watched datasets ([[datasets]] tables).")
     consumers: ConsumersConfig = Field(default_factory=ConsumersConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
@@ -664,11 +758,25 @@ class StrandlineConfig(BaseSettings):
             if ds.name in seen:
                 raise ValueError(f"dataset name {ds.name!r} is used twice")
             seen.add(ds.name)
+            if ds.detect == "notifications" and bucket_scheme(ds.root) != "s3":
+                raise ValueError(
+                    f"dataset {ds.name!r} has detect = 'notifications', which reads S3 event notifications:"
+                    " only s3:// roots take it; gs:// and az:// roots are polled (detect = 'poll')"
+                )
             if ds.detect == "notifications" and self.s3.notifications.topic is None:
                 raise ValueError(
                     f"dataset {ds.name!r} has detect = 'notifications' but [s3.notifications] topic is not set"
                 )
         return self
+
+    def store_settings(self, root: str) -> StoreSettings:
+        """The section that says how to reach a bucket root: [gcs] for gs://, [azure] for az://, else [s3]."""
+        scheme = bucket_scheme(root)
+        if scheme == "gs":
+            return self.gcs
+        if scheme == "az":
+            return self.azure
+        return self.s3
 
     @classmethod
     def settings_customise_sources(

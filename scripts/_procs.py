@@ -1,4 +1,5 @@
-"""What the server scripts (Kafka broker, S3 server) share: free ports and stopping a server by its pid file.
+"""What the server scripts (Kafka broker, S3 server, GCS and Azure emulators) share: free ports, a
+one-time build under a lock, waiting for an HTTP answer and stopping a server by its pid file.
 
 Imported as a sibling module: the scripts run as ``python scripts/NAME.py`` (their folder is on
 ``sys.path``), and tests/conftest.py appends this folder before loading them.
@@ -6,15 +7,47 @@ Imported as a sibling module: the scripts run as ``python scripts/NAME.py`` (the
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Servers started by this process, reaped by stop_server() (a dropped Popen would warn).
 PROCS: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ToolMissingError(RuntimeError):
+    """A toolchain an emulator is built with (go, npm) is not installed: the message says which and how."""
+
+
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed): one build at a time across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def answers(url: str, timeout: float = 0.5) -> bool:
+    """True when an HTTP server answers at ``url``, whatever the status (stores answer 4xx to strangers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - our own loopback URL
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def free_port() -> int:

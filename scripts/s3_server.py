@@ -19,12 +19,11 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from _procs import answers as _answers
 from _procs import free_port, stop_server, track, untrack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,13 +33,7 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:5000"
 
 def answers(endpoint: str, timeout: float = 0.5) -> bool:
     """True when an HTTP server answers at ``endpoint`` (any status: S3 answers 403 to strangers)."""
-    try:
-        with urllib.request.urlopen(endpoint.rstrip("/") + "/", timeout=timeout):  # noqa: S310 - our own loopback URL
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (OSError, ValueError):
-        return False
+    return _answers(endpoint.rstrip("/") + "/", timeout)
 
 
 def start(

@@ -95,16 +95,18 @@ def config_for(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str):  # type
     return build
 
 
-def _s3_server_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("s3_server", REPO / "scripts" / "s3_server.py")
+def _script_module(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules["s3_server"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-s3_server = _s3_server_module()
+s3_server = _script_module("s3_server")
+gcs_server = _script_module("gcs_server")
+azurite_server = _script_module("azurite_server")
 
 # Any key pair works with the test server; these are never real.
 S3_TEST_ACCESS_KEY = "AKIASTRANDLINETEST01"
@@ -157,3 +159,65 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     finally:
         client.close()
     return name
+
+
+# --- GCS and Azure emulators ------------------------------------------------------------------
+#
+# Built or installed once into .cache/ (fake-gcs-server with `go install`, Azurite with `npm
+# install`). That happens before the first test runs, so a cold build does not count against a
+# test's timeout; a missing toolchain skips the tests that need it, saying which and why.
+
+_EMULATORS = {"gcs_endpoint": gcs_server, "azurite_endpoint": azurite_server}
+_UNAVAILABLE: dict[str, str] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ()) if name in _EMULATORS}
+    for name in sorted(wanted):
+        try:
+            _EMULATORS[name].install()
+        except _EMULATORS[name].ToolMissingError as exc:
+            _UNAVAILABLE[name] = str(exc)
+
+
+def _installed_or_skip(name: str) -> None:
+    if name in _UNAVAILABLE:
+        pytest.skip(_UNAVAILABLE[name])
+    try:
+        _EMULATORS[name].install()
+    except _EMULATORS[name].ToolMissingError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def gcs_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's GCS emulator keeps its pid, port and access log (one line per request)."""
+    return tmp_path_factory.mktemp("gcs")
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint(gcs_directory: Path) -> Iterator[str]:
+    """A real GCS emulator (fake-gcs-server, in memory) on a free loopback port, for this session."""
+    _installed_or_skip("gcs_endpoint")
+    endpoint = gcs_server.start(gcs_directory)
+    try:
+        yield endpoint
+    finally:
+        gcs_server.stop(gcs_directory)
+
+
+@pytest.fixture(scope="session")
+def azurite_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's Azurite keeps its pid, port, data and access log (one line per request)."""
+    return tmp_path_factory.mktemp("azurite")
+
+
+@pytest.fixture(scope="session")
+def azurite_endpoint(azurite_directory: Path) -> Iterator[str]:
+    """A real Azure Blob emulator (Azurite) on a free loopback port, for this session: its blob endpoint."""
+    _installed_or_skip("azurite_endpoint")
+    endpoint = azurite_server.start(azurite_directory)
+    try:
+        yield endpoint
+    finally:
+        azurite_server.stop(azurite_directory)

@@ -403,9 +403,11 @@ def test_describe_endpoint_drops_user_password_and_query() -> None:
     assert describe_endpoint(None, "eu-west-1") == "the AWS S3 endpoint of eu-west-1"
 
 
-def test_make_filesystem_refuses_stores_not_yet_supported_and_half_credentials() -> None:
-    with pytest.raises(ConfigError, match="not supported yet"):
+def test_make_filesystem_builds_s3_clients_only_and_refuses_half_credentials() -> None:
+    with pytest.raises(ConfigError, match=r"\[gcs\] settings"):
         make_filesystem(parse_root("gs://bucket/x"))
+    with pytest.raises(ConfigError, match=r"\[azure\] settings"):
+        make_filesystem(parse_root("az://container/x"))
     with pytest.raises(ConfigError, match="both"):
         make_filesystem(parse_root("s3://bucket/x"), access_key_id="AKIA")
 
