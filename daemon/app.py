@@ -108,6 +108,7 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.watcher: Watcher | None = None
         self.poller: BucketPoller | None = None
+        self.started = threading.Event()  # set once every thread runs (what systemd's READY=1 says)
         self.listener: NotificationListener | None = None
         self.http_address: tuple[str, int] | None = None
         self.notifier = Notifier.from_environ()
@@ -240,6 +241,7 @@ class Daemon:
             # systemd: ready now; watchdog pings only while the engine loop keeps coming round.
             stack.enter_context(WatchdogPinger(self.notifier, lambda: engine.heartbeat.fresh(STALL_SECONDS)))
             self.notifier.ready(f"watching {len(engine.dataset_names)} datasets")
+            self.started.set()
             try:
                 engine.run(
                     self._stop,

@@ -164,8 +164,8 @@ def start_daemon(config: StrandlineConfig, folder: Path | None = None) -> Runnin
     thread = threading.Thread(target=body, name="daemon-under-test", daemon=True)
     thread.start()
     running = RunningDaemon(config, daemon, thread, created)
-    # Ready once the start-up reconcile ran: the engine exists and its first pass is done.
-    wait_for(lambda: errors or (daemon.engine is not None and daemon.publisher is not None), 30, what="daemon start")
+    # Ready once the start-up reconcile ran and every thread (publisher, bucket poller) is up.
+    wait_for(lambda: errors or daemon.started.is_set(), 30, what="daemon start")
     if errors:
         raise errors[0]
     return running

@@ -58,7 +58,10 @@ def manifest(running: RunningDaemon, seq: int) -> dict[str, FileState]:
 
 def started(running: RunningDaemon) -> RunningDaemon:
     """Wait until the start-up reconcile ran and the poller listed once: later uploads are news."""
-    engine, poller = running.daemon.engine, running.daemon.poller
+    daemon = running.daemon
+    # The poller thread starts after the engine: under load start_daemon can return before it exists.
+    wait_for(lambda: daemon.engine is not None and daemon.poller is not None, what="the engine and the poller")
+    engine, poller = daemon.engine, daemon.poller
     assert engine is not None and poller is not None
     wait_for(lambda: engine.passes >= 1 and poller.polls >= 1 and engine.settled("lake"), what="the first passes")
     return running
