@@ -149,9 +149,20 @@ def write_random_files(
     return total
 
 
-def fresh_tempdir(prefix: str) -> Path:
-    """A new folder for this run's data (on /tmp's disk unless $TMPDIR says otherwise)."""
-    return Path(tempfile.mkdtemp(prefix=f"strandline-bench-{prefix}-"))
+def write_random_file(path: Path, size: int, seed: int, block: int = 16 * 1024 * 1024) -> None:
+    """``size`` random bytes (no repeats for a chunker to find), the same bytes for the same seed."""
+    rng = random.Random(seed)
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            n = min(block, left)
+            fh.write(rng.randbytes(n))
+            left -= n
+
+
+def fresh_tempdir(prefix: str, base: Path | None = None) -> Path:
+    """A new folder for this run's data (in ``base``, else on /tmp's disk unless $TMPDIR says otherwise)."""
+    return Path(tempfile.mkdtemp(prefix=f"strandline-bench-{prefix}-", dir=base))
 
 
 # -- Kafka ----------------------------------------------------------------------------------
@@ -288,20 +299,22 @@ class DaemonProcess:
 
     def __init__(
         self,
-        folder: Path,
+        folder: Path | None,
         workdir: Path,
         env: dict[str, str],
         extra: Sequence[str] = (),
         *,
         log_format: str = "json",
     ) -> None:
+        """``folder`` None: the datasets come from a config given in ``extra`` (``["-c", FILE]``)."""
         exe = Path(sys.executable).parent / "strandline"
         self.log_path = workdir / "daemon.log"
         self.out_path = workdir / "daemon.out"
         self._log = self.log_path.open("wb")
         self._out = self.out_path.open("wb")
+        target = [] if folder is None else [str(folder)]
         self.proc = subprocess.Popen(
-            [str(exe), "watch", str(folder), "--json", "--log-format", log_format, *extra],
+            [str(exe), "watch", *target, "--json", "--log-format", log_format, *extra],
             cwd=workdir,
             env=env,
             stdout=self._out,

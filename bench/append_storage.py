@@ -11,20 +11,25 @@ How it is measured
     over the appends; the ratio is that over the bytes appended. Target: <= 1.2.
   * The same again with the writer rewriting the whole file each time (new file + rename, as
     pandas ``to_csv`` to a temp name would): the store should not care how the bytes got there.
+  * With ``--dvc``: the same base file and the same appends in a ``dvc init --no-scm`` repo,
+    ``dvc add`` after each; DVC's new cache bytes (apparent sizes under ``.dvc/cache``) over
+    the bytes appended (DVC keeps a whole copy of each version: ~ (base + appends) each time).
   * Also: chunker throughput (``daemon.chunking.chunk_boundaries`` over the base file, page
     cache warm, best of 3; target >= 300 MiB/s), the first put (every chunk new: read, hash,
     write, fsync each chunk) and reading a version back (``iter_content``, every chunk checked).
 
-Run: .venv/bin/python bench/append_storage.py [--base-mib 200] [--appends 10] [--append-mib 1] [--json]
+Run: .venv/bin/python bench/append_storage.py [--base-mib 200] [--appends 10] [--append-mib 1] [--dvc [DVC]] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,6 +72,64 @@ def write_base(path: Path, size: int, rng: random.Random) -> int:
     return row
 
 
+def append_blocks(appends: int, append_bytes: int) -> Iterator[bytes]:
+    """The appended rows, the same bytes in every run (so Strandline and DVC see the same appends)."""
+    rng = random.Random(2)
+    row = 10**9
+    for _ in range(appends):
+        block, row = csv_rows(rng, row, append_bytes)
+        yield block[:append_bytes]
+
+
+def append(path: Path, block: bytes, rewrite: bool) -> None:
+    """Append in place, or (``rewrite``) write old bytes + block to a new file and rename it over the old."""
+    if rewrite:
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh, open(path, "rb") as old:
+            while piece := old.read(16 * MiB):
+                fh.write(piece)
+            fh.write(block)
+        os.replace(tmp, path)
+    else:
+        with open(path, "ab") as fh:
+            fh.write(block)
+
+
+def tree_bytes(folder: Path) -> int:
+    """Apparent size of every regular file under ``folder`` (as ``ContentStore.stats().bytes`` counts)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def dvc_appends(work: Path, base: Path, args: argparse.Namespace, dvc: Path, report: c.Report) -> None:
+    """The same file and appends under DVC: ``dvc add`` after each, cache growth (DVC keeps whole files)."""
+    import burst
+
+    repo = work / "dvc-append"
+    env = burst.init_dvc_repo(dvc, repo)
+    path = repo / "append.csv"
+    shutil.copyfile(base, path)
+    os.sync()
+    burst.time_dvc(dvc, repo, env, "add", "-q", path.name)
+    cache = repo / ".dvc" / "cache"
+    start = tree_bytes(cache)
+    appended = 0
+    add_times = []
+    for block in append_blocks(args.appends, args.append_mib * MiB):
+        appended += len(block)
+        append(path, block, rewrite=False)
+        add_times.append(burst.time_dvc(dvc, repo, env, "add", "-q", path.name))
+    grown = tree_bytes(cache) - start
+    report.add("dvc: bytes appended", appended, "B")
+    report.add("dvc: new cache bytes", grown, "B")
+    report.add("dvc: new cache bytes / appended", grown / appended, "")
+    report.add("dvc: dvc add after an append, median", sorted(add_times)[len(add_times) // 2] * 1000, "ms")
+
+
 def put(store: ContentStore, path: Path) -> tuple[str, float]:
     from daemon.fingerprint import hash_file
 
@@ -88,25 +151,12 @@ def run_appends(work: Path, base: Path, args: argparse.Namespace, rewrite: bool,
     digest, first_put = put(store, path)
     size = path.stat().st_size
     start = store.stats().bytes
-    rng = random.Random(2)
-    row = 10**9
     appended = 0
     put_times = []
     digests = [digest]
-    for _ in range(appends):
-        block, row = csv_rows(rng, row, append_bytes)
-        block = block[:append_bytes]
+    for block in append_blocks(appends, append_bytes):
         appended += len(block)
-        if rewrite:
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as fh, open(path, "rb") as old:
-                while piece := old.read(16 * MiB):
-                    fh.write(piece)
-                fh.write(block)
-            os.replace(tmp, path)
-        else:
-            with open(path, "ab") as fh:
-                fh.write(block)
+        append(path, block, rewrite)
         digest, seconds = put(store, path)
         digests.append(digest)
         put_times.append(seconds)
@@ -148,7 +198,17 @@ def main() -> None:
     p.add_argument("--base-mib", type=int, default=200, help="size of the CSV before the appends (default 200)")
     p.add_argument("--appends", type=int, default=10, help="appends, each followed by a put (default 10)")
     p.add_argument("--append-mib", type=int, default=1, help="MiB per append (default 1)")
+    p.add_argument(
+        "--dvc",
+        type=Path,
+        nargs="?",
+        const=Path(__file__).resolve().parent / ".venv-peers" / "bin" / "dvc",
+        help="also measure DVC's cache growth for the same appends (dvc add after each); "
+        "default executable bench/.venv-peers/bin/dvc",
+    )
     args = p.parse_args()
+    if args.dvc is not None and not args.dvc.exists():
+        p.error(f"{args.dvc} not found: run `bash bench/setup_peers.sh` first")
 
     report = c.Report(
         "append_storage: content store growth for appends to a CSV (daemon.content_store)",
@@ -169,6 +229,9 @@ def main() -> None:
         for rewrite in (False, True):
             c.note(f"{'rewrites' if rewrite else 'appends'}: put version 0, then {args.appends} more …")
             run_appends(work, base, args, rewrite, report)
+        if args.dvc is not None:
+            c.note(f"DVC: dvc add version 0, then after each of {args.appends} appends …")
+            dvc_appends(work, base, args, args.dvc, report)
     finally:
         c.remove_tree(work)
     report.emit(args.json)

@@ -216,30 +216,41 @@ def show_profile(spy: c.PySpy | None, variant: str) -> None:
         c.note(f"py-spy profile of the daemon, variant {variant} ({spy.out}):\n{spy.stop()}")
 
 
-def warm_up(folder: Path, reader: c.VersionsReader) -> None:
+def warm_up(folder: Path, reader: c.VersionsReader, dataset: str = "mvds") -> None:
     """One small version first, so the producer's connection and the topics are up before timing."""
     (folder / "warmup.txt").write_bytes(random.randbytes(64))
-    reader.wait_for(lambda e: e.type == "dataset.version.created" and e.data.get("dataset") == "mvds", 60)
+    reader.wait_for(lambda e: e.type == "dataset.version.created" and e.data.get("dataset") == dataset, 60)
+
+
+def init_dvc_repo(dvc: Path, repo: Path) -> dict[str, str]:
+    """``dvc init --no-scm`` in a new folder, analytics and update checks off; the env to run dvc with."""
+    repo.mkdir(parents=True)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    subprocess.run([str(dvc), "init", "--no-scm", "-q"], cwd=repo, env=env, check=True)
+    subprocess.run([str(dvc), "config", "core.analytics", "false"], cwd=repo, env=env, check=True)
+    subprocess.run([str(dvc), "config", "core.check_update", "false"], cwd=repo, env=env, check=True)
+    return env
+
+
+def time_dvc(dvc: Path, repo: Path, env: dict[str, str], *args: str) -> float:
+    """Wall time of one ``dvc ARGS…`` run in ``repo`` (a subprocess; it must succeed)."""
+    c.note(f"dvc {' '.join(args)} …")
+    t0 = time.monotonic()
+    subprocess.run([str(dvc), *args], cwd=repo, env=env, check=True)
+    elapsed = time.monotonic() - t0
+    c.note(f"dvc {args[0]} took {elapsed:.2f} s")
+    return elapsed
 
 
 def time_dvc_add(args: argparse.Namespace, work: Path, source: Path | None, lo: int, hi: int) -> float:
     repo = work / "dvc"
-    repo.mkdir()
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    dvc = str(args.dvc)
-    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=repo, env=env, check=True)
-    subprocess.run([dvc, "config", "core.analytics", "false"], cwd=repo, env=env, check=True)
-    subprocess.run([dvc, "config", "core.check_update", "false"], cwd=repo, env=env, check=True)
+    env = init_dvc_repo(args.dvc, repo)
     if source is not None:
         os.rename(source, repo / "batch")  # the same files Strandline just versioned
     else:
         c.write_random_files(repo / "batch", args.files, lo, hi, args.seed)
-    c.note("dvc add batch …")
-    t0 = time.monotonic()
-    subprocess.run([dvc, "add", "-q", "batch"], cwd=repo, env=env, check=True)
-    elapsed = time.monotonic() - t0
+    elapsed = time_dvc(args.dvc, repo, env, "add", "-q", "batch")
     assert (repo / "batch.dvc").exists(), "dvc add wrote no batch.dvc"
-    c.note(f"dvc add took {elapsed:.2f} s")
     return elapsed
 
 
