@@ -48,12 +48,13 @@ link keeps a full copy per version as soon as the writer rewrites the file):
   on another filesystem or cannot be linked or made read-only.
 
 Crash safety: every object is written to ``tmp/``, fsynced, renamed to its final name, and
-its folder fsynced; a recipe is written only after its chunks and pages are durable, and a
-file counts as stored only once its blob or recipe exists. An interrupted put leaves only
-temp files, removed when the next store is opened (once their writer's pid is gone), and
-complete chunks nobody references, which ``gc`` removes. A put that fails (source changed,
-disk full) removes the chunks it created itself. The source file is only read (and, in
-hardlink mode, made read-only).
+its folder fsynced (a chunked put writes all its new chunks before it fsyncs them, and names
+none before its own fsync; in a ``batch`` blobs share one syncfs instead); a recipe is
+written only after its chunks and pages are durable, and a file counts as stored only once
+its blob or recipe exists. An interrupted put leaves only temp files, removed when the next
+store is opened (once their writer's pid is gone), and complete chunks nobody references,
+which ``gc`` removes. A put that fails (source changed, disk full) removes the chunks it
+created itself. The source file is only read (and, in hardlink mode, made read-only).
 
 Errors (``StoreError`` and below join the tree of ``daemon.errors``)::
 
@@ -68,8 +69,9 @@ Errors (``StoreError`` and below join the tree of ``daemon.errors``)::
         └── DamagedObjectError      stored bytes no longer hash to their name, or cannot be read
 
 Concurrency: one writer (the engine thread) puts and deletes; readers may run alongside
-puts. (A chunked put commits its chunks on four short-lived threads of its own; it returns
-only when they are done.) ``gc``/``delete`` must not run while a put whose hash is not yet recorded as live is in
+puts. (A chunked put writes all its new chunks to temp files first, then fsyncs and names
+them on four short-lived threads of its own; it returns only when they are done.)
+``gc``/``delete`` must not run while a put whose hash is not yet recorded as live is in
 flight, or they may delete what it just stored.
 
 Hashes are XXH3-128, as in the catalog: fast and well spread, but not collision-resistant
@@ -93,9 +95,8 @@ import stat
 import struct
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Literal, NoReturn, Protocol
@@ -146,13 +147,19 @@ _READ_BLOCK: Final = 1024 * 1024
 _NO_REFLINK: Final = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
 _NO_HARDLINK: Final = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES})
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-# Chunk commits (fsync + rename) in flight at once during a chunked put; see _PieceWriter.
+# Threads that fsync and name the pieces of a chunked put once they are all written; see _PieceWriter.
 _SYNC_THREADS: Final = 4
-_IN_FLIGHT: Final = 64
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 except OSError:
     _LIBC = None
+# sync_file_range(2): start writing a file's dirty pages back now, without waiting (a hint, not durability).
+_SYNC_FILE_RANGE_WRITE: Final = 2
+_sync_file_range: Callable[[int, int, int, int], int] | None = None
+if _LIBC is not None and hasattr(_LIBC, "sync_file_range"):
+    _LIBC.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    _LIBC.sync_file_range.restype = ctypes.c_int
+    _sync_file_range = _LIBC.sync_file_range
 # A temp file whose writer is alive is kept on open, unless it is older than this (pid reused).
 _STALE_TEMP_SECONDS: Final = 24 * 3600
 
@@ -393,6 +400,7 @@ class _LocalWriter:
         self._backend = backend
         self._kind = kind
         self._digest = digest
+        self.kind, self.digest = kind, digest
         self.temp = backend.temp_path()
         with backend.storing(f"{kind} {digest}"):
             # Read-only on disk: nothing should ever write an object after it is named.
@@ -434,10 +442,32 @@ class _LocalWriter:
     def commit(self) -> None:
         fd = self.fileno()
         with self._backend.storing(f"{self._kind} {self._digest}"):
-            if not (self._backend.batching and self._kind == "blob"):
+            if self._backend.batching and self._kind == "blob":
+                self._backend.unsynced += 1  # the batch's syncfs makes it durable
+            else:
                 os.fsync(fd)
             self.fd = None
             os.close(fd)
+            self._backend.install(self.temp, self._kind, self._digest)
+        self.committed = True
+
+    def close_unsynced(self) -> None:
+        """Close the temp file with its writeback started, not yet durable; ``commit_closed`` finishes it."""
+        fd = self.fileno()
+        if _sync_file_range is not None:
+            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: failures surface at the fsync
+        self.fd = None
+        with self._backend.storing(f"{self._kind} {self._digest}"):
+            os.close(fd)
+
+    def commit_closed(self) -> None:
+        """Fsync the closed temp file, then give it its name (after ``close_unsynced``)."""
+        with self._backend.storing(f"{self._kind} {self._digest}"):
+            fd = os.open(self.temp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             self._backend.install(self.temp, self._kind, self._digest)
         self.committed = True
 
@@ -457,8 +487,10 @@ class LocalBackend:
         self.root = os.path.abspath(root)
         self.tmp = os.path.join(self.root, "tmp")
         self._dirty: set[str] = set()
-        # In a batch (ContentStore.batch) blobs are not fsynced one by one: one syncfs at the end.
+        # In a batch (ContentStore.batch) blobs are not fsynced one by one: one syncfs at the end,
+        # needed only when ``unsynced`` blobs were named in it.
         self.batching = False
+        self.unsynced = 0
         try:
             for sub in (*KINDS, "tmp"):
                 os.makedirs(os.path.join(self.root, sub), exist_ok=True)
@@ -593,19 +625,21 @@ class LocalBackend:
 
 
 class _PieceWriter:
-    """Writes the new chunks and pages of one chunked put; their fsync and rename run on a few threads.
+    """Writes the new chunks and pages of one chunked put: all of them first, then fsynced and named together.
 
-    One fsync at a time, inline, leaves the disk idle between flushes: four in flight took the
-    first put of a 200 MiB CSV on this machine's disk from 80-110 to 130-155 MiB/s. At most
-    ``_IN_FLIGHT`` pieces wait for their commit, so open files and memory stay bounded.
+    Each piece goes to a temp file whose writeback is started at once (``sync_file_range``), and
+    is closed unsynced; ``finish`` then fsyncs and renames the temps on a few threads, so a piece
+    gets its name only once its bytes are durable. The first design fsynced each piece right
+    after writing it (four at a time): every fsync forced a journal commit, and each create of
+    the next temp waited for one. A 1 GiB put (13,400 chunks) spent 2.8 s of its 7.2 s in
+    ``open(O_CREAT)`` alone on this machine's ext4; writing first and syncing after keeps the
+    journal quiet while the files are created.
     """
 
     def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
-        self._pool = ThreadPoolExecutor(max_workers=_SYNC_THREADS, thread_name_prefix="store-sync")
-        self._in_flight: deque[tuple[Future[None], _LocalWriter]] = deque()
+        self._written: list[_LocalWriter] = []
         self._names: set[tuple[Kind, str]] = set()
-        self._created: list[tuple[Kind, str]] = []
 
     def store(self, kind: Kind, digest: str, data: bytes | memoryview) -> int:
         """Write a piece unless it is there; the bytes written (0 when it was)."""
@@ -615,34 +649,32 @@ class _PieceWriter:
         writer = self._backend.writer(kind, digest)
         try:
             writer.write(data)
+            writer.close_unsynced()
         except BaseException:
             writer.abort()
             raise
         self._names.add((kind, digest))
-        self._created.append((kind, digest))
-        self._in_flight.append((self._pool.submit(writer.commit), writer))
-        while len(self._in_flight) > _IN_FLIGHT:
-            self._in_flight.popleft()[0].result()
+        self._written.append(writer)
         return len(data)
 
     def finish(self) -> None:
-        """Wait for every commit; the first failure is raised."""
-        while self._in_flight:
-            self._in_flight.popleft()[0].result()
+        """Fsync every piece and then name it; the first failure is raised once all are done."""
+        if not self._written:
+            return
+        with ThreadPoolExecutor(max_workers=_SYNC_THREADS, thread_name_prefix="store-sync") as pool:
+            futures = [pool.submit(writer.commit_closed) for writer in self._written]
+        for future in futures:
+            future.result()
 
     def undo(self) -> None:
-        """Remove everything this put created (one writer: no committed recipe names those pieces yet)."""
-        for future, writer in self._in_flight:
-            with suppress(BaseException):
-                future.result()
-            writer.abort()
-        self._in_flight.clear()
-        for kind, digest in self._created:
-            with suppress(OSError):
-                self._backend.delete(kind, digest)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Remove everything this put created, named or not (one writer: no recipe names them yet)."""
+        for writer in self._written:
+            if writer.committed:
+                with suppress(OSError):
+                    self._backend.delete(writer.kind, writer.digest)
+            else:
+                writer.abort()
+        self._written.clear()
 
 
 def _syncfs(path: str) -> None:
@@ -794,7 +826,8 @@ class ContentStore:
         """Store many small files with one filesystem sync at the end instead of an fsync per blob.
 
         What was put in the batch is durable when the block exits normally (a version must be
-        committed only after that). A crash inside may leave blobs named but short, which
+        committed only after that). The syncfs runs only when a blob was named without its own
+        fsync in the batch. A crash inside may leave blobs named but short, which
         ``has(digest, size)`` and ``put`` treat as absent and ``verify`` reports. Chunked files
         keep their own per-object syncs: a recipe never points at chunks that are not durable.
         """
@@ -803,12 +836,18 @@ class ContentStore:
             yield
             return
         backend.batching = True
+        backend.unsynced = 0
         try:
             yield
         finally:
             backend.batching = False
-        with backend.storing("a sync of the store"):
-            _syncfs(backend.root)
+        # Only blobs named without their fsync need the syncfs; it would also flush every other
+        # dirty file of the filesystem (the 1 GiB file just versioned, chunked and fsynced piece by
+        # piece: 1.2 s here), so a batch that named none skips it.
+        if backend.unsynced:
+            with backend.storing("a sync of the store"):
+                _syncfs(backend.root)
+            backend.unsynced = 0
         backend.flush()
 
     def put(self, path: str | os.PathLike[str], expected_hash: str, size: int, mode: PutMode = "copy") -> PutResult:
@@ -937,6 +976,10 @@ class ContentStore:
                 protected = True
             self._check_read(name, digest, st.st_size, hash_fd(fd, st.st_size), st.st_size, unchanged)
             with backend.storing(f"blob {digest}"):
+                if backend.batching:
+                    backend.unsynced += 1  # the batch's syncfs makes the linked bytes durable
+                else:
+                    os.fsync(fd)  # a user's file may still have dirty pages: durable before it is named
                 backend.install(temp, "blob", digest)
             backend.flush()
         except BaseException:
@@ -997,8 +1040,6 @@ class ContentStore:
         except BaseException:
             pieces.undo()
             raise
-        finally:
-            pieces.close()
         log.debug(
             "stored %s (%d bytes) as %d chunks, %d new, %d bytes new", digest, read, chunks, new_chunks, new_bytes
         )

@@ -47,7 +47,7 @@ from daemon.content_store import (
 )
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.manifest import FileState
-from daemon.sources import Source
+from daemon.sources import LocalSource, Source
 from schemas.config import SnapshotPolicy
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,11 @@ class Snapshotter:
         except StoreError as exc:
             return self.failed(f"the content store cannot be opened ({exc})")
         files = stored = 0
+        # A local file's put looks for its hash first, as has() does, without opening the file:
+        # asking has() before it would stat the store twice more per file. A bucket's would GET first.
+        ask_first = not isinstance(self.source, LocalSource)
         for rel, state in states.items():
-            if store.has(state.hash, state.size):
+            if ask_first and store.has(state.hash, state.size):
                 continue
             try:
                 result = self._put(rel, state)
@@ -180,8 +183,9 @@ class Snapshotter:
                 return self.failed(f"the content store is full ({exc}): free space in {store.root}")
             except StoreError as exc:
                 return self.failed(f"the content store failed ({exc}): check {store.root}")
-            files += 1
-            stored += result.new_bytes
+            if result.method != "present":
+                files += 1
+                stored += result.new_bytes
         return KeepResult(Snapshot(self.policy, True, None), files, stored)
 
     def failed(self, note: str) -> KeepResult:

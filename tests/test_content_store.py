@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -410,6 +411,102 @@ def test_a_really_full_filesystem_raises_store_full_and_keeps_nothing(tmp_path: 
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("full and clean") == 2
+
+
+# -- when bytes become durable --------------------------------------------------------------
+
+
+def test_a_chunked_put_writes_all_its_pieces_first_and_names_each_only_after_its_fsync(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.csv"
+    data = csv_bytes(2 * MiB, seed=30)
+    path.write_bytes(data)
+    root = Path(store.root)
+    real_fsync, real_install = os.fsync, store.backend.install
+    lock = threading.Lock()
+    synced: set[int] = set()
+    at_first_fsync: list[tuple[int, int]] = []  # (temp files, named objects)
+
+    def fsync(fd: int) -> None:
+        with lock:
+            if not at_first_fsync:
+                at_first_fsync.append((len(list((root / "tmp").iterdir())), len(object_files(root))))
+            synced.add(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def install(temp: str, kind: str, digest: str) -> None:
+        with lock:
+            assert os.stat(temp).st_ino in synced, f"{kind} {digest} was named before its fsync"
+        real_install(temp, kind, digest)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(store.backend, "install", install)
+    result = put_file(store, path)
+    monkeypatch.undo()
+    temps, named = at_first_fsync[0]
+    assert result.layout == "chunked" and result.new_chunks > 10
+    assert named == 0, "no piece may be named before the pieces are fsynced"
+    assert temps >= result.new_chunks, "every piece is written before the first fsync"
+    assert list((root / "tmp").iterdir()) == []
+    assert content(store, result.hash) == data
+
+
+def test_a_batch_syncs_the_filesystem_only_when_it_named_blobs_without_their_fsync(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.content_store as content_store
+
+    calls: list[str] = []
+    real_syncfs = content_store._syncfs
+
+    def syncfs(path: str) -> None:
+        calls.append(path)
+        real_syncfs(path)
+
+    monkeypatch.setattr(content_store, "_syncfs", syncfs)
+    big, small = tmp_path / "big.csv", tmp_path / "small.csv"
+    big.write_bytes(csv_bytes(2 * MiB, seed=31))
+    small.write_bytes(csv_bytes(1000, seed=32))
+    with store.batch():
+        assert put_file(store, big).layout == "chunked"  # its pieces and recipe are fsynced one by one
+    assert calls == [], "nothing in the batch waited for its syncfs"
+    with store.batch():
+        assert put_file(store, small).method == "copy"
+    assert calls == [store.root]
+    with store.batch():
+        assert put_file(store, small).method == "present"
+    assert calls == [store.root]
+
+
+def test_a_hardlinked_file_is_durable_before_it_is_named(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.content_store as content_store
+
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    one.write_bytes(csv_bytes(5000, seed=33))
+    two.write_bytes(csv_bytes(5000, seed=34))
+    real_fsync, real_syncfs = os.fsync, content_store._syncfs
+    synced: list[int] = []
+    syncfs_calls: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def syncfs(path: str) -> None:
+        syncfs_calls.append(path)
+        real_syncfs(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(content_store, "_syncfs", syncfs)
+    assert put_file(store, one, "hardlink").method == "hardlink"
+    assert one.stat().st_ino in synced, "outside a batch the linked file itself is fsynced"
+    with store.batch():
+        assert put_file(store, two, "hardlink").method == "hardlink"
+    assert two.stat().st_ino not in synced
+    assert syncfs_calls == [store.root], "in a batch the batch's syncfs covers it"
 
 
 # -- verify, damage, delete and gc ----------------------------------------------------------
