@@ -446,6 +446,16 @@ class Engine:
             total.update(dict(d.versioner.rejections))
         return total
 
+    def _prepare(self) -> None:
+        """Build each dataset's view of its latest version before the first change arrives: the
+        one pass over the catalog a view costs is paid at start, not by the first version."""
+        for d in list(self._datasets.values()):
+            try:
+                d.versioner.prepare()
+            except (StrandlineError, OSError, sqlite3.Error) as exc:
+                # Not fatal: the first version builds it instead.
+                log.warning("dataset %s: cannot prepare now (%s)", d.config.name, exc, extra={"dataset": d.config.name})
+
     def request_discover(self) -> None:
         """Look for new subfolders of the auto root at the next turn."""
         with self._cond:
@@ -477,6 +487,7 @@ class Engine:
         ``wake`` makes the loop turn at once.
         """
         interval = self.config.reconcile_interval_seconds
+        self._prepare()
         next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
         next_check = time.monotonic() + _WATCH_CHECK_SECONDS
         self.request_reconcile()
