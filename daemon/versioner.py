@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -112,6 +112,11 @@ class Versioner:
             detected_at=datetime.now(UTC),
         )
         self.catalog.enqueue([rejection_message(self.config.kafka, self.config.host, event)])
+
+    def report(self, rejections: Iterable[Rejection]) -> None:
+        """Announce paths found unusable elsewhere (a listing on the poller's thread)."""
+        for rej in rejections:
+            self._reject(rej)
 
     # -- the pass -------------------------------------------------------------------------
 

@@ -298,3 +298,35 @@ def test_a_merge_of_merges_names_conflicting_types_once(tmp_path: Path) -> None:
     nested = merge_profiles([merge_profiles([n, s]), n])
     assert flat.columns[0].type == nested.columns[0].type == "int64 | string"
     assert (nested.rows, nested.columns[0].kind, nested.columns[0].count) == (6, "other", 6)
+
+
+# -- listings handed over by the poller ----------------------------------------------------------
+
+
+def test_a_listing_never_overrides_a_notification_that_came_before_it(tmp_path: Path) -> None:
+    """Listed stats spare a request per object, but a listing may be older than a notification
+    noted before it: the object is then looked at again, so a stale stat cannot hide a change."""
+    from daemon.scanner import FileStat
+
+    root = tmp_path / "d"
+    _write(root, {"a.bin": "first", "b.bin": "first"})
+    config = _config(tmp_path, root)
+    with Catalog(catalog_path(config)) as catalog:
+        engine = Engine(catalog, config, list(config.datasets))
+        engine.request_reconcile()
+        engine.process_due(ignore_settle=True)
+        known = catalog.current_states(catalog.dataset("d").id)
+        stale = {rel: FileStat(st.size, st.mtime_ns, st.inode, st.etag) for rel, st in known.items()}
+        _write(root, {"a.bin": "second!", "b.bin": "second!"})
+        engine.note_rels("d", {"a.bin"})  # a notification, then a listing made before the write
+        engine.note_listed("d", stale)
+        engine.process_due(ignore_settle=True)
+        latest = catalog.latest_version("d")
+        assert latest is not None and latest.seq == 2
+        # b.bin came from the listing alone: its listed stat is taken as it is (the next listing
+        # would bring the newer one).
+        assert [(c.path, c.change) for c in catalog.changes("d", 2)] == [("a.bin", "modified")]
+        engine.note_listed("d", {}, complete=True)
+        passes = engine.passes
+        engine.process_due(ignore_settle=True)
+        assert engine.passes == passes + 1  # a reconcile with nothing to do is still a pass
