@@ -227,6 +227,8 @@ class Daemon:
                 )
             )
             engine = self.engine = self._engine(catalog, publisher.wake)
+            # Bucket reconciles are listed on the poller's thread, not the engine's.
+            engine.set_lister(lambda name: self.poller is not None and self.poller.request_listing(name))
             watcher = self.watcher = stack.enter_context(Watcher(engine.note_path, engine.note_overflow))
             watcher.ensure(engine.watch_roots())
             publishing = threading.Thread(target=publisher.run, args=(self._stop,), name="publisher", daemon=True)
@@ -290,13 +292,7 @@ class Daemon:
         polled = [
             ds if ds.detect == "poll" else ds.model_copy(update={"poll_interval_seconds": relist}) for ds in buckets
         ]
-        self.poller = BucketPoller(
-            catalog_file,
-            self.config,
-            polled,
-            note=engine.note_rels,
-            request_full=engine.request_full,
-        )
+        self.poller = BucketPoller(catalog_file, self.config, polled, note=engine.note_listed)
         stop = self._bucket_stop
         threads = [threading.Thread(target=self.poller.run, args=(stop,), name="bucket-poller", daemon=True)]
         notified = [ds for ds in buckets if ds.detect == "notifications"]

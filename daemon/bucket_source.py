@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import xxhash
 
 from daemon.content_store import ContentStore, PutMode, PutResult, SourceChangedError
-from daemon.errors import UnreadableDataError, VanishedError
+from daemon.errors import ListingStoppedError, UnreadableDataError, VanishedError
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
 from daemon.manifest import FileState
@@ -99,8 +100,14 @@ class BucketSource:
         """The prefix's objects in key order, one page in memory at a time."""
         return list_prefix(self.fs, self.root, page_size=self.settings.page_size)
 
-    def walk(self, filt: PathFilter, on_reject: OnReject) -> Iterator[tuple[str, FileStat]]:
+    def walk(
+        self, filt: PathFilter, on_reject: OnReject, *, stop: threading.Event | None = None
+    ) -> Iterator[tuple[str, FileStat]]:
+        """Every wanted object with its stat; raises ``ListingStoppedError`` soon after ``stop``
+        is set (a listing of 100,000 keys takes minutes on a slow store: a stop must not wait)."""
         for item in self.listing():
+            if stop is not None and stop.is_set():
+                raise ListingStoppedError(f"listing of {self.root.url} stopped: the daemon is stopping")
             if isinstance(item, ObjectRejection):
                 on_reject(rejection_of(item))
             elif filt.wants_file(item.rel_path):

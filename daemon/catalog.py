@@ -147,6 +147,17 @@ CREATE TABLE IF NOT EXISTS lineage (
 """
 
 
+_CURRENT = "SELECT path, size, hash, mtime_ns, inode, etag FROM entries WHERE dataset_id=? AND to_seq IS NULL"
+# A path and its subtree as two lookups of the `entries_current` index. Written as one
+# `path=? OR (path>=? AND path<?)`, SQLite answered it through `entries_to` by reading every
+# current entry of the dataset: 25 ms a path at 100,000 entries (issue 5). tests/test_core.py
+# checks the plan.
+_CURRENT_AT_OR_BELOW = f"{_CURRENT} AND path=? UNION ALL {_CURRENT} AND path>=? AND path<?"
+_FILE_TABLES_OF = (
+    "SELECT hash, format, schema, profile, error FROM file_tables WHERE dataset_id=? AND hash IN ({marks})"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class DatasetRow:
     id: int
@@ -411,18 +422,15 @@ class Catalog:
 
     def current_states(self, dataset_id: int, prefixes: Iterable[str] | None = None) -> dict[str, FileState]:
         """Current entries of a dataset, all of them or those at or below the given paths."""
-        sql = "SELECT path, size, hash, mtime_ns, inode, etag FROM entries WHERE dataset_id=? AND to_seq IS NULL"
         if prefixes is None:
-            rows: Iterable[tuple[str, int, str, int, int, str]] = self._db.execute(sql, (dataset_id,))
+            rows: Iterable[tuple[str, int, str, int, int, str]] = self._db.execute(_CURRENT, (dataset_id,))
             return {p: FileState(s, h, m, i, e) for p, s, h, m, i, e in rows}
         out: dict[str, FileState] = {}
         for prefix in set(prefixes):
             if prefix in ("", "."):
                 return self.current_states(dataset_id)
             upper = prefix + "0"  # '0' follows '/' in byte order: [prefix/, prefix0) is the subtree
-            rows = self._db.execute(
-                sql + " AND (path=? OR (path>=? AND path<?))", (dataset_id, prefix, prefix + "/", upper)
-            )
+            rows = self._db.execute(_CURRENT_AT_OR_BELOW, (dataset_id, prefix, dataset_id, prefix + "/", upper))
             out.update({p: FileState(s, h, m, i, e) for p, s, h, m, i, e in rows})
         return out
 
@@ -552,14 +560,16 @@ class Catalog:
     def file_tables(self, dataset_id: int, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FileTable]:
         """Stored reads of the given (hash, format) contents."""
         out: dict[tuple[str, str], FileTable] = {}
-        for i in range(0, len(keys), 400):  # SQLite's bound-parameter limit
-            chunk = keys[i : i + 400]
-            where = " OR ".join("(hash=? AND format=?)" for _ in chunk)
-            rows = self._db.execute(
-                f"SELECT hash, format, schema, profile, error FROM file_tables WHERE dataset_id=? AND ({where})",  # noqa: S608
-                (dataset_id, *(v for key in chunk for v in key)),
-            )
+        wanted = set(keys)
+        hashes = sorted({digest for digest, _ in wanted})
+        for i in range(0, len(hashes), 500):  # SQLite's bound-parameter limit
+            chunk = hashes[i : i + 500]
+            # `hash IN (...)` is one primary-key lookup per hash; an OR of (hash, format) pairs made
+            # SQLite scan every row of the dataset once per 400 keys (issue 5).
+            rows = self._db.execute(_FILE_TABLES_OF.format(marks=",".join("?" * len(chunk))), (dataset_id, *chunk))
             for digest, fmt, schema, profile, error in rows:
+                if (digest, fmt) not in wanted:
+                    continue
                 out[(digest, fmt)] = FileTable(
                     digest,
                     fmt,

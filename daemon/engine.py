@@ -4,6 +4,10 @@ Watchdog's thread calls ``note_path``/``note_overflow``; the engine's own thread
 the earliest deadline (a dataset's quiet period ending, or the periodic reconcile) and runs
 its Versioner. A dataset is quiet when no event came for its settle window and no file is
 still open for writing (no close-write seen yet), the latter bounded by ``max_open_seconds``.
+
+With a ``lister`` (the daemon's bucket poller), the reconciles of bucket datasets are listed on
+the poller's thread and handed back (``note_listed``): the engine's thread never waits for a
+listing, so other changes are versioned while a big prefix is listed (issue 5).
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daemon.catalog import Catalog, VersionRow
 from daemon.config import state_dir, store_path
 from daemon.errors import ConfigError, StrandlineError
 from daemon.metrics import EngineMetrics
+from daemon.scanner import FileStat, Rejection
 from daemon.sdnotify import Heartbeat
 from daemon.snapshots import Snapshotter
 from daemon.sources import open_source
@@ -61,10 +66,13 @@ class _Pending:
     first_event: float = 0.0
     last_event: float = 0.0
     open: set[str] = field(default_factory=set)
+    listed: dict[str, FileStat] = field(default_factory=dict)  # stats a listing gave some of ``paths``
+    rejections: list[Rejection] = field(default_factory=list)  # found by a listing, to report
+    reconcile: bool = False  # ``paths`` hold every difference a complete listing found
 
     @property
     def any(self) -> bool:
-        return self.full or bool(self.paths)
+        return self.full or bool(self.paths) or self.reconcile or bool(self.rejections)
 
     def touch(self, now: float, quiet_from: float | None = None) -> None:
         """Something is due: it starts the change-set if none is pending, and its quiet period
@@ -108,6 +116,7 @@ class Engine:
         self._on_commit = on_commit or (lambda: None)
         self._discover = discover
         self._auto_root = os.path.abspath(auto_root) if auto_root else None
+        self._lister: Callable[[str], bool] | None = None
         self._cond = threading.Condition()
         self._datasets: dict[str, _Dataset] = {}
         self._routes: list[tuple[str, _Dataset]] = []
@@ -270,7 +279,7 @@ class Engine:
             self._cond.notify()
 
     def note_rels(self, name: str, rels: set[str]) -> None:
-        """Paths of dataset ``name`` that changed (from a bucket poll or notification): version them once quiet."""
+        """Paths of dataset ``name`` that changed (from a bucket notification): version them once quiet."""
         d = self._datasets.get(name)
         if d is None or not rels:
             return
@@ -280,7 +289,46 @@ class Engine:
             p.touch(now)
             if not p.full:
                 p.paths |= rels
+                for rel in rels:
+                    p.listed.pop(rel, None)  # news after the listing: look at the object again
             self._cond.notify()
+
+    def note_listed(
+        self,
+        name: str,
+        changed: Mapping[str, FileStat | None],
+        *,
+        rejections: Sequence[Rejection] = (),
+        complete: bool = False,
+    ) -> None:
+        """What a listing of bucket dataset ``name`` found: keys that differ from the catalog with
+        their listed stat (None: no longer listed) and unsafe keys; version them once quiet.
+        ``complete``: a reconcile, so a pass runs (and counts as one) even if nothing differs."""
+        d = self._datasets.get(name)
+        if d is None or not (changed or rejections or complete):
+            return
+        now = time.monotonic()
+        with self._cond:
+            p = d.pending
+            p.touch(now)
+            p.rejections.extend(rejections)
+            p.reconcile = p.reconcile or complete
+            if not p.full:
+                for rel, st in changed.items():
+                    if st is None:
+                        p.listed.pop(rel, None)
+                    elif rel not in p.paths or rel in p.listed:
+                        p.listed[rel] = st
+                    # else: noted by a notification since the last pass, which may be newer than
+                    # this listing: the object is looked at again, never taken as listed.
+                    p.paths.add(rel)
+            self._cond.notify()
+
+    def set_lister(self, lister: Callable[[str], bool] | None) -> None:
+        """Have bucket datasets' reconciles listed elsewhere: ``lister(name)`` starts a listing whose
+        findings come back through ``note_listed``, and returns False when it cannot list ``name``.
+        Datasets with a commit marker keep their full passes (a marker must be seen before the listing)."""
+        self._lister = lister
 
     def request_full(self, name: str) -> None:
         """Look at all of dataset ``name`` once quiet (a poll saw something only a full pass reports)."""
@@ -319,6 +367,9 @@ class Engine:
     # -- scheduling -------------------------------------------------------------------------
 
     def _request_full(self, d: _Dataset, *, immediate: bool) -> None:
+        listed_elsewhere = d.config.is_bucket and d.config.commit_marker is None and self._lister is not None
+        if listed_elsewhere and self._lister is not None and self._lister(d.config.name):
+            return
         now = time.monotonic()
         with self._cond:
             p = d.pending
@@ -345,8 +396,8 @@ class Engine:
             deadline = max(deadline, p.first_event + self.config.max_open_seconds)
         return deadline
 
-    def _take_due(self, now: float) -> tuple[list[tuple[_Dataset, set[str] | None, float]], float | None]:
-        due: list[tuple[_Dataset, set[str] | None, float]] = []
+    def _take_due(self, now: float) -> tuple[list[tuple[_Dataset, _Pending]], float | None]:
+        due: list[tuple[_Dataset, _Pending]] = []
         next_deadline: float | None = None
         with self._cond:
             for d in self._datasets.values():
@@ -355,7 +406,7 @@ class Engine:
                     continue
                 if deadline <= now:
                     p = d.pending
-                    due.append((d, None if p.full else set(p.paths), p.first_event))
+                    due.append((d, p))
                     self._in_flight.add(d.config.name)
                     # Files still open stay tracked, unless their allowance just ran out.
                     expired = p.open and now >= p.first_event + self.config.max_open_seconds
@@ -364,12 +415,14 @@ class Engine:
                     next_deadline = deadline
         return due, next_deadline
 
-    def _process(self, d: _Dataset, dirty: set[str] | None, first_event: float) -> None:
+    def _process(self, d: _Dataset, taken: _Pending) -> None:
         self.passes += 1
         name = d.config.name
+        dirty = None if taken.full else taken.paths
         started = time.monotonic()
         try:
-            outcome = d.versioner.process(dirty)
+            d.versioner.report(taken.rejections)
+            outcome = d.versioner.process(dirty, taken.listed)
         except (StrandlineError, OSError, sqlite3.Error) as exc:
             self.metrics.errors[type(exc).__name__] += 1
             delay = self._failed(d, str(exc))
@@ -380,7 +433,7 @@ class Engine:
                 delay,
                 extra={"dataset": name},
             )
-            self._requeue(d, dirty, delay=delay)
+            self._requeue(d, taken, delay=delay)
             return
         except Exception as exc:
             # A bug must cost one dataset a retry, never the daemon: log it whole and go on.
@@ -392,23 +445,23 @@ class Engine:
                 delay,
                 extra={"dataset": name},
             )
-            self._requeue(d, dirty, delay=delay)
+            self._requeue(d, taken, delay=delay)
             return
         if d.failures:
             log.info("dataset %s: versioning works again", name, extra={"dataset": name})
             d.failures = 0
             d.last_error = None
         finished = time.monotonic()
-        if dirty is None:
+        if dirty is None or taken.reconcile:
             self.metrics.reconcile_seconds.observe(finished - started)
             d.rescanning = False
         if outcome.version is not None:
             self.versions_created += 1
             # From the first change noticed to the version recorded (settle window included).
-            self.metrics.detection_seconds.observe(max(0.0, finished - first_event))
+            self.metrics.detection_seconds.observe(max(0.0, finished - taken.first_event))
         self._on_commit()
         if outcome.retry:
-            self._requeue(d, dirty, delay=0.0)
+            self._requeue(d, taken, delay=0.0)
 
     def _failed(self, d: _Dataset, reason: str) -> float:
         """Record a failed pass; the delay before the next try."""
@@ -416,23 +469,27 @@ class Engine:
         d.last_error = reason
         return min(_ERROR_RETRY_SECONDS * 2.0 ** min(d.failures - 1, 8), _ERROR_RETRY_MAX_SECONDS)
 
-    def _requeue(self, d: _Dataset, dirty: set[str] | None, delay: float) -> None:
+    def _requeue(self, d: _Dataset, taken: _Pending, delay: float) -> None:
+        """Run the pass ``taken`` again after ``delay``; its listed stats are dropped (the
+        objects are looked at again) and its rejections kept (each is reported once anyway)."""
         now = time.monotonic()
         with self._cond:
             p = d.pending
             p.touch(now, quiet_from=now + delay)
-            if dirty is None:
+            p.rejections.extend(taken.rejections)
+            p.reconcile = p.reconcile or taken.reconcile
+            if taken.full:
                 p.full = True
             else:
-                p.paths |= dirty
+                p.paths |= taken.paths
 
     def process_due(self, *, ignore_settle: bool = False) -> float | None:
         """Version every dataset whose change-set is quiet; return the next deadline."""
         now = float("inf") if ignore_settle else time.monotonic()
         due, next_deadline = self._take_due(now)
-        for d, dirty, first_event in due:
+        for d, taken in due:
             try:
-                self._process(d, dirty, first_event)
+                self._process(d, taken)
             finally:
                 with self._cond:
                     self._in_flight.discard(d.config.name)
@@ -451,6 +508,16 @@ class Engine:
             # A copy first: the engine thread may add a reason while the HTTP thread reads.
             total.update(dict(d.versioner.rejections))
         return total
+
+    def _prepare(self) -> None:
+        """Build each dataset's view of its latest version before the first change arrives: the
+        one pass over the catalog a view costs is paid at start, not by the first version."""
+        for d in list(self._datasets.values()):
+            try:
+                d.versioner.prepare()
+            except (StrandlineError, OSError, sqlite3.Error) as exc:
+                # Not fatal: the first version builds it instead.
+                log.warning("dataset %s: cannot prepare now (%s)", d.config.name, exc, extra={"dataset": d.config.name})
 
     def request_discover(self) -> None:
         """Look for new subfolders of the auto root at the next turn."""
@@ -483,6 +550,7 @@ class Engine:
         ``wake`` makes the loop turn at once.
         """
         interval = self.config.reconcile_interval_seconds
+        self._prepare()
         next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
         next_check = time.monotonic() + _WATCH_CHECK_SECONDS
         self.request_reconcile()

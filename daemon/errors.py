@@ -5,6 +5,7 @@
     │   └── SuiteError         a Great Expectations suite file is missing or not valid GX 1.x JSON
     ├── CatalogError           the SQLite catalog cannot be opened or is locked by another daemon
     ├── SourceError            a dataset root cannot be watched or read (missing, permission denied)
+    │   └── ListingStoppedError   a listing was given up because the daemon is stopping
     ├── UnreadableDataError    one file cannot be read (vanished, permission denied, not a regular file)
     │   └── UnreadableTableError  the bytes were read but are not a table of their format (corrupt, ragged)
     ├── VersionNotFoundError   NAME@N does not exist
@@ -37,6 +38,10 @@ class CatalogError(StrandlineError):
 
 class SourceError(StrandlineError):
     """A dataset root cannot be watched or listed."""
+
+
+class ListingStoppedError(SourceError):
+    """A listing was cut short by a stop request: nothing is concluded from the part listed."""
 
 
 class UnreadableDataError(StrandlineError):

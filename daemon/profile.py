@@ -520,7 +520,8 @@ def _merge_column(name: str, parts: list[tuple[int, ColumnProfile | None]]) -> C
     kinds = {(c.kind, c.unit) for c in valued} or {(present[0].kind, present[0].unit)}
     base = {
         "name": name,
-        "type": merged_type if merged_type is not None else " | ".join(types),
+        # A part may itself be a merge that names several types (the roll-up merges merges).
+        "type": merged_type if merged_type is not None else " | ".join(_type_names(types)),
         "count": count,
         "null_count": null_count,
     }
@@ -546,6 +547,10 @@ def _merge_column(name: str, parts: list[tuple[int, ColumnProfile | None]]) -> C
         stats["frequent"] = _merge_mergeable([c.frequent for c in with_values], ds.frequent_strings_sketch)
         stats["distinct"] = _merge_hll([c.distinct for c in with_values])
     return ColumnProfile(kind=kind, unit=unit, **base, **stats)
+
+
+def _type_names(types: list[str]) -> list[str]:
+    return list(dict.fromkeys(name for t in types for name in t.split(" | ")))
 
 
 def _extreme(values: list[Scalar | None], pick: Any) -> Scalar | None:

@@ -24,13 +24,14 @@ A column missing from some files is nullable in the unified schema.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Final
 
 import pyarrow as pa
 
 from schemas.profiles import FieldSpec, NullabilityChange, SchemaChange, TableSchema, TypeChange
 
-__all__ = ["promote_types", "schema_change", "table_schema", "unify"]
+__all__ = ["SchemaUnion", "promote_types", "schema_change", "table_schema", "unify"]
 
 _DICTIONARY = re.compile(r"^dictionary<values=(?P<values>.+), indices=\w+, ordered=[01]>$")
 _SIGNED: Final = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
@@ -73,27 +74,55 @@ def unify(schemas: list[TableSchema]) -> tuple[TableSchema | None, str | None]:
     Returns ``(schema, None)``, or ``(None, reason)`` when a column has types that do not unify
     (see the module docstring). Columns come in first-seen order. No schemas: ``(None, None)``.
     """
-    if not schemas:
-        return None, None
-    merged: dict[str, FieldSpec] = {}
-    seen_in: dict[str, int] = {}
-    for schema in schemas:
-        for f in schema.fields:
-            have = merged.get(f.name)
-            if have is None:
-                merged[f.name] = f
-                seen_in[f.name] = 1
-                continue
-            unified = promote_types(have.type, f.type)
-            if unified is None:
-                return None, f"column {f.name!r} is {have.type} in one file and {f.type} in another"
-            merged[f.name] = FieldSpec(name=f.name, type=unified, nullable=have.nullable or f.nullable)
-            seen_in[f.name] += 1
-    # A column some files lack reads as nulls in those files' rows.
-    fields = [
-        f if seen_in[f.name] == len(schemas) else f.model_copy(update={"nullable": True}) for f in merged.values()
-    ]
-    return TableSchema.of(fields), None
+    return SchemaUnion.merge([SchemaUnion.of(s) for s in schemas]).result()
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaUnion:
+    """``unify`` as a value that merges: the unified fields so far, each with the number of
+    schemas that had it, so a version's schema can be kept up to date file by file (issue 5)."""
+
+    fields: tuple[tuple[FieldSpec, int], ...] = ()  # unified field, how many schemas had it; first-seen order
+    schemas: int = 0
+    conflict: str | None = None
+
+    @classmethod
+    def of(cls, schema: TableSchema) -> SchemaUnion:
+        return cls.merge([cls(tuple((f, 1) for f in schema.fields), 1)])
+
+    @classmethod
+    def merge(cls, parts: list[SchemaUnion]) -> SchemaUnion:
+        """The union of ``parts`` in order; the first conflict met is kept."""
+        merged: dict[str, FieldSpec] = {}
+        seen_in: dict[str, int] = {}
+        schemas = 0
+        for part in parts:
+            schemas += part.schemas
+            if part.conflict is not None:
+                return cls((), schemas, part.conflict)
+            for f, count in part.fields:
+                have = merged.get(f.name)
+                if have is None:
+                    merged[f.name] = f
+                    seen_in[f.name] = count
+                    continue
+                unified = promote_types(have.type, f.type)
+                if unified is None:
+                    return cls((), schemas, f"column {f.name!r} is {have.type} in one file and {f.type} in another")
+                merged[f.name] = FieldSpec(name=f.name, type=unified, nullable=have.nullable or f.nullable)
+                seen_in[f.name] += count
+        return cls(tuple((f, seen_in[f.name]) for f in merged.values()), schemas)
+
+    def result(self) -> tuple[TableSchema | None, str | None]:
+        """``(schema, None)``, ``(None, reason)`` on a conflict, ``(None, None)`` with no schema."""
+        if self.conflict is not None:
+            return None, self.conflict
+        if not self.schemas:
+            return None, None
+        # A column some files lack reads as nulls in those files' rows.
+        return TableSchema.of(
+            [f if count == self.schemas else f.model_copy(update={"nullable": True}) for f, count in self.fields]
+        ), None
 
 
 _TIMESTAMP = re.compile(r"timestamp\[(?P<unit>s|ms|us|ns)(?:, tz=(?P<tz>[^\]]+))?\]")

@@ -3,6 +3,10 @@
 Given the paths that changed (or ``None`` for a full reconcile) it re-reads only files whose
 (size, mtime_ns, inode) differ from the stat cache, and commits a version with its events
 in one catalog transaction when the manifest really changed.
+
+The dataset as of its latest version (its canonical manifest and its tables' roll-up) is kept
+between passes, so the next version's id, totals and quality cost work in proportion to its
+changes, not to the dataset (issue 5); it is rebuilt from the catalog whenever it may differ.
 """
 
 from __future__ import annotations
@@ -10,18 +14,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from daemon.assess import Assessor, ChangedWhileProfilingError
+from daemon.assess import Assessor, ChangedWhileProfilingError, LookupTables, TableIndex
 from daemon.catalog import Catalog, DatasetRow, Snapshot, VersionRow
 from daemon.content_store import StoreError
 from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
-from daemon.manifest import FileState, diff, version_id
+from daemon.manifest import FileState, ManifestIndex, diff
+from daemon.quality import FileTable
 from daemon.scanner import FileStat, Rejection, display_path, is_utf8
 from daemon.snapshots import KeepResult, SnapshotRetry, Snapshotter
 from daemon.sources import Source
@@ -31,8 +36,19 @@ from schemas.events import FileChange, InputRejected
 
 log = logging.getLogger(__name__)
 
-# Above this many changed paths one query for the whole current state beats a query per path.
+# Above this many changed paths, and above 1/_BULK_SHARE of the dataset, one query for the
+# whole current state beats a query per path (~40 us a path, ~4 us a row of the whole state).
 _BULK_LOOKUP = 256
+_BULK_SHARE = 10
+
+
+@dataclass
+class _View:
+    """The dataset as of version ``seq`` (0: none yet): what the next version is computed from."""
+
+    seq: int
+    manifest: ManifestIndex
+    tables: TableIndex
 
 
 @dataclass
@@ -71,6 +87,7 @@ class Versioner:
         )
         self.snapshotter = snapshotter  # None: versions are recorded as not restorable (policy none)
         self._on_version = on_version
+        self._view: _View | None = None
         self._reported: set[tuple[str, str]] = set()
         self.rejections: Counter[str] = Counter()  # rejected paths by reason (for /metrics)
         self._root_missing = False
@@ -102,16 +119,54 @@ class Versioner:
         )
         self.catalog.enqueue([rejection_message(self.config.kafka, self.config.host, event)])
 
+    def report(self, rejections: Iterable[Rejection]) -> None:
+        """Announce paths found unusable elsewhere (a listing on the poller's thread)."""
+        for rej in rejections:
+            self._reject(rej)
+
     # -- the pass -------------------------------------------------------------------------
 
-    def process(self, dirty: set[str] | None) -> Outcome:
-        """Version the dataset's current state; ``dirty`` limits the look to those paths."""
+    def prepare(self) -> None:
+        """Build the view of the latest version now, so that the next version does not pay for it;
+        skipped when a table would have to be read (that happens with the next version)."""
+        self._current_view(self.catalog.latest_version(self.dataset.name), read=False)
+
+    def _lookup(self) -> LookupTables:
+        return lambda keys: self.catalog.file_tables(self.row.id, keys)
+
+    def _current_view(self, latest: VersionRow | None, *, read: bool = True) -> tuple[_View, list[FileTable]] | None:
+        """The view of version ``latest`` and the tables read to build it (to be stored with the
+        next version); None when it had to be built, ``read`` is False and a table was never read."""
+        seq = 0 if latest is None else latest.seq
+        view = self._view
+        totals = (0, 0) if latest is None else (latest.files, latest.bytes)
+        if view is not None and view.seq == seq and (view.manifest.files, view.manifest.bytes) == totals:
+            return view, []
+        self._view = None
+        states = self.catalog.current_states(self.row.id)
+        tables = TableIndex()
+        updated = self.assessor.update(tables, states, (), self._lookup(), read=read)
+        if updated is None:
+            return None
+        known, fresh = updated
+        tables.summary(self._lookup(), known)  # merged now, while every read is at hand
+        view = _View(seq, ManifestIndex((p, st.size, st.hash) for p, st in states.items()), tables)
+        self._view = view
+        return view, fresh
+
+    def process(self, dirty: set[str] | None, listed: Mapping[str, FileStat] | None = None) -> Outcome:
+        """Version the dataset's current state; ``dirty`` limits the look to those paths.
+
+        ``listed`` has the stat a complete listing just gave some of the dirty paths (bucket
+        polls): they are hashed on that stat instead of being looked at again one by one. A read
+        is conditional on the listed ETag, so an object changed since is retried, never mixed up.
+        """
         try:
-            return self._process(dirty)
+            return self._process(dirty, listed or {})
         finally:
             self.source.finish_pass()
 
-    def _process(self, dirty: set[str] | None) -> Outcome:
+    def _process(self, dirty: set[str] | None, listed: Mapping[str, FileStat]) -> Outcome:
         missing = self.source.missing()
         if missing is not None:
             if not self._root_missing:
@@ -144,8 +199,11 @@ class Versioner:
             known = self.catalog.current_states(self.row.id)
             removed = [p for p in known if p not in found]
         else:
-            found, absent = self.source.stat_paths(dirty, self.filter, self._reject)
-            bulk = len(dirty) > _BULK_LOOKUP
+            found, absent = self.source.stat_paths([p for p in dirty if p not in listed], self.filter, self._reject)
+            found.update((p, st) for p, st in listed.items() if p in dirty)
+            bulk = len(dirty) > _BULK_LOOKUP and (
+                self._view is None or len(dirty) * _BULK_SHARE > self._view.manifest.files
+            )
             # Undecodable names were rejected above and can never be in the catalog.
             known = self.catalog.current_states(self.row.id, None if bulk else filter(is_utf8, dirty))
             removed = [p for p in known if p not in found and _under_any(p, absent)]
@@ -172,27 +230,57 @@ class Versioner:
 
         changes = diff({p: known[p] for p in fresh if p in known} | {p: known[p] for p in removed}, fresh)
         self.catalog.update_stats(self.row.id, stat_only)
+        if self._view is not None:
+            self._view.tables.restat(stat_only)
         if not changes:
             if marker_stat is not None:
                 self.catalog.set_marker_stat(self.row.id, marker_stat)
             return outcome
-        current = self.catalog.current_states(self.row.id)
-        for path in removed:
-            current.pop(path, None)
-        current.update(fresh)
-        totals = (len(current), sum(st.size for st in current.values()))
-        vid = version_id(current)
         # The parent's schema only: its stored profile can be megabytes of sketches.
         latest = self.catalog.latest_version(self.dataset.name)
         parent = self.catalog.version_schema(self.row.id, latest.seq) if latest else None
         try:
-            quality, tables = self.assessor.assess(
-                current,
-                {c.path for c in changes if c.change != "removed"},
-                lambda keys: self.catalog.file_tables(self.row.id, keys),
-                parent,
+            built = self._current_view(latest)
+            assert built is not None  # it reads what it must
+            view, tables = built
+            updated = self.assessor.update(
+                view.tables, fresh, [c.path for c in changes if c.change == "removed"], self._lookup()
             )
+            assert updated is not None
+            known_tables, read_now = updated
+            tables += read_now
+            quality = self.assessor.judge(
+                view.tables, {c.path for c in changes if c.change != "removed"}, self._lookup(), parent, known_tables
+            )
+            view.manifest.apply(changes)
+            # The bytes go to the store before the version and its event are recorded, and gc
+            # waits (the shared lock) until the version that needs them is committed.
+            with self._store_lock():
+                kept = self._keep(fresh, removed, latest)
+                row = self.catalog.commit_version(
+                    self.row,
+                    view.manifest.version_id(),
+                    changes,
+                    fresh,
+                    (view.manifest.files, view.manifest.bytes),
+                    lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes, quality),
+                    marker_stat=marker_stat,
+                    quality=quality,
+                    tables=tables,
+                    snapshot=kept.snapshot,
+                )
+        except SnapshotRetry as exc:
+            self._view = None  # it holds this pass's changes: built again from the catalog
+            log.info(
+                "dataset %s: %s; versioning after it settles",
+                self.dataset.name,
+                exc,
+                extra={"dataset": self.dataset.name},
+            )
+            outcome.retry = True
+            return outcome
         except ChangedWhileProfilingError as exc:
+            self._view = None  # it may hold some of the changes: built again from the catalog
             log.info(
                 "dataset %s: %s changed while being profiled; versioning after it settles",
                 self.dataset.name,
@@ -201,32 +289,10 @@ class Versioner:
             )
             outcome.retry = True
             return outcome
-        # The bytes go to the store before the version and its event are recorded, and gc waits
-        # (the shared lock) until the version that needs them is committed.
-        with self._store_lock():
-            try:
-                kept = self._keep(current, fresh, latest)
-            except SnapshotRetry as exc:
-                log.info(
-                    "dataset %s: %s; versioning after it settles",
-                    self.dataset.name,
-                    exc,
-                    extra={"dataset": self.dataset.name},
-                )
-                outcome.retry = True
-                return outcome
-            row = self.catalog.commit_version(
-                self.row,
-                vid,
-                changes,
-                fresh,
-                totals,
-                lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes, quality),
-                marker_stat=marker_stat,
-                quality=quality,
-                tables=tables,
-                snapshot=kept.snapshot,
-            )
+        except BaseException:
+            self._view = None
+            raise
+        view.seq = row.seq
         outcome.version, outcome.changes = row, changes
         outcome.stored_bytes = kept.stored_bytes
         log.info(
@@ -258,15 +324,18 @@ class Versioner:
     def _store_lock(self) -> AbstractContextManager[None]:
         return self.snapshotter.lock.shared() if self.snapshotter is not None else nullcontext()
 
-    def _keep(
-        self, current: dict[str, FileState], fresh: dict[str, FileState], parent: VersionRow | None
-    ) -> KeepResult:
+    def _keep(self, fresh: dict[str, FileState], removed: Iterable[str], parent: VersionRow | None) -> KeepResult:
         """Snapshot the version: its new files, or all of them when the parent is not restorable."""
         if self.snapshotter is None or self.snapshotter.wanted == "none":
             return KeepResult(Snapshot("none", False, None))
-        # A restorable parent vouches for every unchanged file; otherwise (first version, a full
-        # disk last time, a policy that was none) what is missing is stored now.
-        needed = fresh if parent is not None and parent.restorable else current
+        needed = fresh
+        if parent is None or not parent.restorable:
+            # Nothing vouches for the unchanged files (first version, a full disk last time, a
+            # policy that was none): whatever of the whole version is missing is stored now.
+            needed = self.catalog.current_states(self.row.id)
+            for path in removed:
+                needed.pop(path, None)
+            needed.update(fresh)
         try:
             with self.snapshotter.batch():
                 return self.snapshotter.keep(needed)

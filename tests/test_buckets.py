@@ -6,9 +6,11 @@ uploaded after the thing under test is versioned, that thing was listed and acte
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,11 +60,10 @@ def manifest(running: RunningDaemon, seq: int) -> dict[str, FileState]:
 
 def started(running: RunningDaemon) -> RunningDaemon:
     """Wait until the start-up reconcile ran and the poller listed once: later uploads are news."""
-    daemon = running.daemon
-    # The poller thread starts after the engine: under load start_daemon can return before it exists.
-    wait_for(lambda: daemon.engine is not None and daemon.poller is not None, what="the engine and the poller")
-    engine, poller = daemon.engine, daemon.poller
-    assert engine is not None and poller is not None
+    engine = running.daemon.engine
+    assert engine is not None
+    # The poller starts just after the engine exists.
+    poller = wait_for(lambda: running.daemon.poller, what="the poller")
     wait_for(lambda: engine.passes >= 1 and poller.polls >= 1 and engine.settled("lake"), what="the first passes")
     return running
 
@@ -239,8 +240,7 @@ def test_duplicated_and_shuffled_notifications_make_no_duplicate_versions(
     producer.send(topic, b"{}").get(timeout=30)  # the topic exists before the daemon subscribes
     running = start_daemon(config)
     try:
-        listener = running.daemon.listener
-        assert listener is not None
+        listener = wait_for(lambda: running.daemon.listener, what="the listener")  # started after the engine
         wait_for(
             lambda: listener.problem is None and running.daemon.poller and running.daemon.poller.polls, what="start"
         )
@@ -296,6 +296,29 @@ def test_restart_resumes_without_reading_objects_again(
         running.stop()
 
 
+def test_a_listed_object_is_hashed_on_its_listed_stat_without_a_head(
+    config_for: Any, s3_endpoint: str, bucket: str, s3: Any, s3_server_log: Path
+) -> None:
+    for i in range(30):
+        put(s3, bucket, f"obj-{i:03}.txt", f"object {i}".encode())
+    running = start_daemon(bucket_config(config_for, s3_endpoint, bucket))
+    try:
+        wait_for(lambda: running.versions("lake"), what="the first version")
+        assert len(manifest(running, 1)) == 30
+        put(s3, bucket, "obj-000.txt", b"changed")  # found by a poll this time
+        wait_for(lambda: len(running.versions("lake")) == 2, what="the second version")
+        with running.catalog() as c:
+            assert [(ch.path, ch.change) for ch in c.changes("lake", 2)] == [("obj-000.txt", "modified")]
+    finally:
+        running.stop()
+    assert _gets(s3_server_log, bucket) == 31  # each content read once
+    assert _requests(s3_server_log, f'"HEAD /{bucket}/{PREFIX}') == 0
+
+
+def _requests(log: Path, needle: str) -> int:
+    return sum(1 for line in log.read_text(errors="replace").splitlines() if needle in line)
+
+
 def _gets(log: Path, bucket: str) -> int:
     """GET requests for objects of ``bucket`` in the server's access log (listings are GET /bucket?...)."""
     needle = f'"GET /{bucket}/{PREFIX}'
@@ -347,3 +370,58 @@ def test_server_stopped_and_restarted_catches_up_without_loss(
             running.stop()
         client.close()
         s3_server.stop(directory)
+
+
+def _lists(log: Path, bucket: str) -> int:
+    """LIST requests for ``bucket`` in the server's access log."""
+    return _requests(log, f'"GET /{bucket}?list-type=2')
+
+
+def test_a_long_listing_holds_up_neither_other_versions_nor_a_stop(
+    config_for: Any, s3_endpoint: str, bucket: str, s3: Any, s3_server_log: Path, tmp_path: Path
+) -> None:
+    """The start-up reconcile of a bucket dataset lists its prefix on the poller's thread, so a
+    local dataset is versioned meanwhile; and a stop during that listing ends it at once.
+
+    One object per LIST page makes the listing of 800 objects take ~10 s on this server, as
+    100 pages of 1,000 keys take ~80 s on a prefix of 100,000 (bench/README.md).
+    """
+    objects = 800
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: put(s3, bucket, f"obj-{i:04}.bin", b"%d" % i), range(objects)))
+    local = tmp_path / "local"
+    local.mkdir()
+    config = config_for(
+        [
+            DatasetConfig(name="lake", root=f"s3://{bucket}/{PREFIX}", settle_seconds=0.3),
+            DatasetConfig(name="local", root=local, settle_seconds=0.1),
+        ],
+        s3={"endpoint_url": s3_endpoint, "poll_interval_seconds": 0.2, "page_size": 1},
+    )
+    before = _lists(s3_server_log, bucket)
+    running = start_daemon(config)
+    try:
+        poller = wait_for(lambda: running.daemon.poller, what="the poller")
+        wait_for(lambda: _lists(s3_server_log, bucket) - before >= 20, what="the listing under way")
+        listing_since = time.monotonic()
+        (local / "a.csv").write_text("x\n1\n")
+        wait_for(lambda: running.versions("local"), timeout=15, what="the local version")
+        assert poller.polls == 0, "the listing ended before the local version: this test proves nothing"
+
+        pages = _lists(s3_server_log, bucket) - before
+        per_page = (time.monotonic() - listing_since) / max(pages - 20, 1)
+        t0 = time.monotonic()
+        running.daemon.request_stop()
+        running.thread.join(timeout=60)
+        took = time.monotonic() - t0
+        assert not running.thread.is_alive()
+        assert poller.polls == 0  # stopped during the listing, not after it
+        pages_at_stop = _lists(s3_server_log, bucket) - before
+        assert pages_at_stop < objects
+        assert took < 3.0, f"stopping took {took:.1f} s"
+        # What waiting for the listing's end would have cost instead.
+        assert (objects - pages_at_stop) * per_page > 2 * took
+        assert not running.versions("lake")  # nothing concluded from half a listing
+    finally:
+        if running.thread.is_alive():
+            running.stop()
