@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -106,6 +107,23 @@ class NotificationListener:
         self._note = note
         self._request_full = request_full
         self.problem: str | None = None
+        self.assigned = threading.Event()  # set once the consumer holds its partitions
+
+    def _check_new_group(self, consumer: Any) -> bool:
+        """After the first assignment: True when it is done (partitions held), False to ask again.
+
+        A new group starts at "latest": objects changed after the start's listing but before the
+        assignment would be notified into the void and wait for the safety re-list. So a group
+        with no committed offset asks for one full pass of every dataset once it holds them.
+        """
+        partitions = consumer.assignment()
+        if not partitions:
+            return False
+        if any(consumer.committed(tp) is None for tp in partitions):
+            for name in self._roots:
+                self._request_full(name)
+        self.assigned.set()
+        return True
 
     def run(self, stop: threading.Event) -> None:
         from kafka.errors import KafkaError
@@ -113,6 +131,7 @@ class NotificationListener:
         from daemon.kafka_client import make_consumer
 
         consumer = None
+        checked = False
         while not stop.is_set():
             try:
                 if consumer is None:
@@ -126,7 +145,10 @@ class NotificationListener:
                         max_poll_records=500,
                     )
                     log.info("following S3 notifications on topic %s (group %s)", self._topic, self._group)
+                    checked = False
                 batch = consumer.poll(timeout_ms=200)
+                if not checked:
+                    checked = self._check_new_group(consumer)
                 if batch:
                     self._handle(record.value for records in batch.values() for record in records)
                     consumer.commit()
