@@ -168,6 +168,24 @@ def fresh_tempdir(prefix: str, base: Path | None = None) -> Path:
 # -- Kafka ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def run_folder(prefix: str, keep: bool, base: Path | None = None) -> Iterator[Path]:
+    """A fresh run folder, deleted at the very end (after every figure was taken) unless ``keep``.
+
+    Mass deletion slows the next mass creation on this disk, so nothing is deleted mid-run.
+    """
+    work = fresh_tempdir(prefix, base)
+    note(f"run folder {work}")
+    try:
+        yield work
+    finally:
+        if keep:
+            note(f"kept {work}")
+        else:
+            note("deleting the run's files (only now, after every figure was taken)")
+            remove_tree(work)
+
+
 def _answers(bootstrap: str, timeout: float = 0.5) -> bool:
     host, port = bootstrap.rsplit(":", 1)
     try:

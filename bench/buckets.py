@@ -313,16 +313,8 @@ def main() -> None:
         },
     )
     c.use_fake_s3_credentials()
-    work = c.fresh_tempdir("buckets")
-    c.note(f"run folder {work}")
-    try:
-        with c.s3_server(work / "s3") as server:
-            run(args, interval, work, server, report)
-    finally:
-        if args.keep:
-            c.note(f"kept {work}")
-        else:
-            c.remove_tree(work)
+    with c.run_folder("buckets", args.keep) as work, c.s3_server(work / "s3") as server:
+        run(args, interval, work, server, report)
     report.emit(args.json)
 
 

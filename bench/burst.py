@@ -89,18 +89,9 @@ def main() -> None:
             "variants": ",".join(variants),
         },
     )
-    work = c.fresh_tempdir("burst")
-    c.note(f"run folder {work}")
-    try:
-        with c.kafka_broker(args.bootstrap) as bootstrap:
-            report.params["bootstrap"] = bootstrap
-            run(args, variants, work, bootstrap, report)
-    finally:
-        if args.keep:
-            c.note(f"kept {work}")
-        else:
-            c.note("deleting the run's files (only now, after every figure was taken)")
-            c.remove_tree(work)
+    with c.run_folder("burst", args.keep) as work, c.kafka_broker(args.bootstrap) as bootstrap:
+        report.params["bootstrap"] = bootstrap
+        run(args, variants, work, bootstrap, report)
     report.emit(args.json)
 
 

@@ -137,19 +137,9 @@ def main() -> None:
             "B": MODES["B"],
         },
     )
-    work = c.fresh_tempdir("overhead")
-    c.note(f"run folder {work}")
-    try:
-        with c.kafka_broker(args.bootstrap) as bootstrap:
-            report.params["bootstrap"] = bootstrap
-            runs = run_all(args, work, bootstrap)
-            summarize(runs, report)
-    finally:
-        if args.keep:
-            c.note(f"kept {work}")
-        else:
-            c.note("deleting the run's files (only now, after every figure was taken)")
-            c.remove_tree(work)
+    with c.run_folder("overhead", args.keep) as work, c.kafka_broker(args.bootstrap) as bootstrap:
+        report.params["bootstrap"] = bootstrap
+        summarize(run_all(args, work, bootstrap), report)
     report.emit(args.json)
 
 

@@ -114,15 +114,7 @@ def main() -> None:
     )
     with c.kafka_broker(args.bootstrap) as bootstrap, run_folder(args) as work:
         report.params["bootstrap"] = bootstrap
-        c.note(f"run folder {work}")
-        try:
-            run(args, cases, work, bootstrap, report)
-        finally:
-            if args.keep:
-                c.note(f"kept {work}")
-            else:
-                c.note("deleting the run's files (only now, after every figure was taken)")
-                c.remove_tree(work)
+        run(args, cases, work, bootstrap, report)
     report.emit(args.json)
 
 
@@ -155,7 +147,8 @@ def reexec_in_namespace(args: argparse.Namespace) -> None:
 def run_folder(args: argparse.Namespace) -> Iterator[Path]:
     """A fresh folder on /tmp's disk, or (``--reflink``) on an XFS image mounted for this run."""
     if not args.reflink:
-        yield c.fresh_tempdir("timemachine")
+        with c.run_folder("timemachine", args.keep) as work:
+            yield work
         return
     holder = c.fresh_tempdir("timemachine-xfs")
     image, mount = holder / "xfs.img", holder / "mnt"
@@ -167,7 +160,8 @@ def run_folder(args: argparse.Namespace) -> Iterator[Path]:
         subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
         try:
             c.note(f"XFS (reflink=1) image {image} mounted on {mount}")
-            yield c.fresh_tempdir("timemachine", mount)
+            with c.run_folder("timemachine", args.keep, mount) as work:
+                yield work
         finally:
             subprocess.run(["umount", str(mount)], check=False)
     finally:

@@ -12,19 +12,13 @@ from typing import Any
 
 import click
 
+from daemon.cli_options import config_option
 from daemon.errors import StrandlineError, VersionNotFoundError
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "-c",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="TOML config file (default: $STRANDLINE_CONFIG, else ./strandline.toml if present).",
-)
 
 
 @click.command()
 @click.argument("kind", type=click.Choice(["drift", "retrain", "alerts"]))
-@CONFIG_OPTION
+@config_option
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz on this port.")
 @click.option("--idle-timeout", type=float, default=None, help="Exit after this many seconds without events.")
 @click.option(
@@ -73,7 +67,7 @@ def consume(
 @click.command()
 @click.argument("reference")
 @click.argument("current")
-@CONFIG_OPTION
+@config_option
 @click.option(
     "--html",
     "html_path",
@@ -155,7 +149,7 @@ def _print_report(report: Any) -> None:
 
 @click.command()
 @click.argument("ref", required=False)
-@CONFIG_OPTION
+@config_option
 @click.option("--run", "run_id", help="Show the data version a retraining run used.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def lineage(ref: str | None, config: Path | None, run_id: str | None, as_json: bool) -> None:

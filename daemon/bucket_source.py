@@ -93,7 +93,7 @@ class BucketSource:
     def missing(self) -> str | None:
         return None  # a bucket that cannot be listed raises SourceError from walk: retried, not "missing"
 
-    def busy(self, max_seconds: float) -> str | None:
+    def busy(self) -> str | None:
         return None  # restores never write into a bucket
 
     def listing(self) -> Iterator[ObjectEntry | ObjectRejection]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from daemon.cli_options import config_option
 from daemon.errors import StrandlineError, VersionNotFoundError
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from daemon.quality import Quality
     from schemas.config import StrandlineConfig
     from schemas.events import FileChange
-
-CONFIG_HELP = "TOML config file (default: $STRANDLINE_CONFIG, else ./strandline.toml if present)."
 
 
 def _config_path(given: Path | None) -> Path | None:
@@ -131,7 +130,7 @@ def _log_options(f: Any) -> Any:
 
 @cli.command()
 @click.argument("folder", required=False, type=click.Path(path_type=Path, file_okay=False))
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print each new version as a JSON line instead of text.")
 @click.option("--http", "http", metavar="HOST:PORT", help="Serve /healthz, /readyz and /metrics (e.g. 127.0.0.1:9464).")
 @_log_options
@@ -180,7 +179,7 @@ def watch(folder: Path | None, config: Path | None, as_json: bool, http: str | N
 
 @cli.command()
 @click.argument("folder", required=False, type=click.Path(path_type=Path, file_okay=False))
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--no-publish", is_flag=True, help="Only record versions; leave their events in the outbox.")
 @click.option("--publish-timeout", default=30.0, show_default=True, help="Seconds to wait for Kafka.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -225,7 +224,7 @@ def _open_catalog(config: Path | None) -> Any:
 
 
 @cli.command()
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def datasets(config: Path | None, as_json: bool) -> None:
     """List datasets with their newest version."""
@@ -269,7 +268,7 @@ def datasets(config: Path | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def versions(name: str, config: Path | None, as_json: bool) -> None:
     """List the versions of dataset NAME, oldest first."""
@@ -288,7 +287,7 @@ def versions(name: str, config: Path | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--files", is_flag=True, help="Also list every file of the version (its manifest).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(ref: str, config: Path | None, files: bool, as_json: bool) -> None:
@@ -378,7 +377,7 @@ def _table_version(config: Path | None, ref: str, what: str) -> tuple[VersionRow
 
 @cli.command()
 @click.argument("ref")
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the schema and its change as JSON.")
 def schema(ref: str, config: Path | None, as_json: bool) -> None:
     """Print the table schema of a version (REF is NAME@N or NAME@latest) and how it
@@ -410,7 +409,7 @@ def schema(ref: str, config: Path | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full profile (with base64 sketches) as JSON.")
 def profile(ref: str, config: Path | None, as_json: bool) -> None:
     """Print the column statistics of a version (REF is NAME@N or NAME@latest).
@@ -495,7 +494,7 @@ def events() -> None:
 
 
 @events.command("tail")
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--from-beginning", is_flag=True, help="Start at the topic's oldest event, not the newest.")
 @click.option("--count", "-n", type=int, help="Exit after this many events.")
 @click.option("--timeout", type=float, help="Exit after this many seconds without an event.")
@@ -529,7 +528,7 @@ def events_tail(
 
 @cli.command()
 @click.argument("folder", required=False, type=click.Path(path_type=Path, file_okay=False))
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def doctor(folder: Path | None, config: Path | None, as_json: bool) -> None:
     """Check the set-up: config, dataset roots, inotify limits, Kafka, outbox backlog.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from daemon.cli_options import config_option
 from daemon.errors import StrandlineError
 
 if TYPE_CHECKING:
@@ -22,12 +23,7 @@ if TYPE_CHECKING:
     from daemon.content_store import ContentStore
     from schemas.config import DatasetConfig, StrandlineConfig
 
-CONFIG_HELP = "TOML config file (default: $STRANDLINE_CONFIG, else ./strandline.toml if present)."
 TAG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
-
-
-def _config_option(f: Any) -> Any:
-    return click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), help=CONFIG_HELP)(f)
 
 
 def _base() -> Any:
@@ -88,7 +84,7 @@ def dataset_config(cfg: StrandlineConfig, catalog: Catalog, name: str) -> Datase
     return DatasetConfig(name=name, root=root, recursive=not holds_others)
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(enabled: bool) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     return Progress(
@@ -96,7 +92,6 @@ def _progress(total: int, enabled: bool) -> Any:
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=None,
         disable=not enabled,
         transient=True,
     )
@@ -109,7 +104,7 @@ def _progress(total: int, enabled: bool) -> Any:
 @click.argument("ref")
 @click.option("--to", "to", type=click.Path(path_type=Path, file_okay=False), help="Folder to write the files into.")
 @click.option("--in-place", is_flag=True, help="Make the dataset's own folder hold exactly this version (a revert).")
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def restore(ref: str, to: Path | None, in_place: bool, config: Path | None, as_json: bool) -> None:
     """Bring a version's files back, every byte checked against its hash.
@@ -164,7 +159,7 @@ def restore(ref: str, to: Path | None, in_place: bool, config: Path | None, as_j
         store = _store(cfg)
         assert store is not None
         total = sum(s.size for s in manifest.values())
-        with _progress(total, not as_json and sys.stderr.isatty()) as bar:
+        with _progress(not as_json and sys.stderr.isatty()) as bar:
             task = bar.add_task(f"restoring {row.dataset}@{row.seq}", total=total)
             summary = restore_files(store, manifest, target, progress=lambda n: bar.advance(task, n), **kwargs)
     except StrandlineError as exc:
@@ -202,7 +197,7 @@ def restore(ref: str, to: Path | None, in_place: bool, config: Path | None, as_j
 @click.command("diff")
 @click.argument("a")
 @click.argument("b")
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the whole comparison as JSON.")
 @click.option("--limit", default=50, show_default=True, help="Most file changes to list (0: all).")
 def diff_versions_cmd(a: str, b: str, config: Path | None, as_json: bool, limit: int) -> None:
@@ -327,7 +322,7 @@ def _print_diff(result: Any, limit: int) -> None:
 @click.argument("ref")
 @click.argument("label", required=False)
 @click.option("--delete", is_flag=True, help="Remove the tag REF names (write NAME@TAG).")
-@_config_option
+@config_option
 def tag(ref: str, label: str | None, delete: bool, config: Path | None) -> None:
     """Name a version with a label, usable as NAME@LABEL wherever a version is named.
 
@@ -393,7 +388,7 @@ def tag(ref: str, label: str | None, delete: bool, config: Path | None) -> None:
 
 @click.command()
 @click.argument("name")
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def tags(name: str, config: Path | None, as_json: bool) -> None:
     """List a dataset's tags and the versions they name."""
@@ -426,7 +421,7 @@ def tags(name: str, config: Path | None, as_json: bool) -> None:
     is_flag=True,
     help="Do not read retraining runs from Kafka first (versions used by runs not yet recorded may be collected).",
 )
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) -> None:
     """Drop the bytes of versions the retention rules no longer keep, and any bytes no version needs.
@@ -442,6 +437,7 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
     Collected versions stay in the catalog, marked: `versions` and `diff` still show them;
     `restore` says they were collected. Run with --dry-run first.
     """
+    from daemon.errors import PublishError
     from daemon.lineage import sync_lineage
     from daemon.retention import decide, retention_for
     from daemon.snapshots import StoreLock
@@ -450,7 +446,12 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
     try:
         cfg = base._load(config)
         with _catalog(cfg, write=True) as catalog:
-            synced = None if skip_lineage else sync_lineage(cfg, catalog)
+            synced = None
+            if not skip_lineage:
+                try:
+                    synced = sync_lineage(cfg, catalog)
+                except PublishError as exc:
+                    raise PublishError(f"{exc}; or pass --skip-lineage to collect without them") from exc
             now = datetime.now(UTC)
             plan: dict[str, list[Any]] = {}
             for name in catalog.dataset_names():
@@ -477,13 +478,8 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
                         for name, seqs in drop.items():
                             catalog.mark_collected(name, seqs)
                         freed = store.gc(catalog.live_hashes())
-    except click.ClickException:
-        raise
     except StrandlineError as exc:
-        message = str(exc)
-        if not skip_lineage and "retraining runs" in message:
-            message += "; or pass --skip-lineage to collect without them"
-        base._fail(StrandlineError(message))
+        base._fail(exc)
         return
     result = {
         "dry_run": dry_run,
@@ -512,7 +508,7 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
 
 @click.command()
 @click.option("--deep", is_flag=True, help="Also re-read every chunked file end to end.")
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def verify(deep: bool, config: Path | None, as_json: bool) -> None:
     """Re-hash every stored object; report damaged or missing ones and the versions they break.

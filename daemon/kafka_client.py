@@ -357,20 +357,27 @@ class Cluster:
     topics: frozenset[str]
 
 
+def _admin(cfg: KafkaConfig) -> Any:
+    """An admin client, logged in as every client of ours is; PublishError naming the cause if it cannot."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    settings = _common(cfg)
+    try:
+        return KafkaAdminClient(**settings)
+    except KafkaError as exc:
+        raise _failed(cfg, settings, exc) from exc
+
+
 def check_connection(cfg: KafkaConfig) -> Cluster:
     """Connect and log in as every client of ours does (bootstrap, TLS, SASL), then read the cluster's metadata.
 
     Raises PublishError whose ``fix`` says what to change: a reachable port is not enough when
     the TLS trust, the SASL mechanism or the credentials are wrong (``strandline doctor``).
     """
-    from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    settings = _common(cfg)
-    try:
-        admin = KafkaAdminClient(**settings)
-    except KafkaError as exc:
-        raise _failed(cfg, settings, exc) from exc
+    admin = _admin(cfg)
     try:
         brokers = admin.describe_cluster()["brokers"]
         topics = frozenset(admin.list_topics())
@@ -386,14 +393,10 @@ def check_connection(cfg: KafkaConfig) -> Cluster:
 
 def ensure_topics(cfg: KafkaConfig, topics: Sequence[str] | None = None) -> None:
     """Create ``topics`` (default: the daemon's three) if they are missing."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    settings = _common(cfg)
-    try:
-        admin = KafkaAdminClient(**settings)
-    except KafkaError as exc:
-        raise _failed(cfg, settings, exc) from exc
+    admin = _admin(cfg)
     try:
         existing = set(admin.list_topics())
         # Profiles are looked up by version id, the newest record per key is all that matters:

@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeV
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import xxhash
-from pydantic import SecretStr
 
 from daemon.errors import ConfigError, SourceError, StrandlineError, UnreadableDataError
 from schemas.config import AzureConfig, GcsConfig, S3Config, StoreSettings, is_bucket_url
@@ -751,27 +750,12 @@ def filesystem_for(root: BucketRoot, settings: StoreSettings) -> Any:
     )
 
 
-def make_filesystem(
-    root: BucketRoot,
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    profile: str | None = None,
-    access_key_id: str | None = None,
-    secret_access_key: SecretStr | None = None,
-    session_token: SecretStr | None = None,
-    anonymous: bool = False,
-    connect_timeout: float = 5.0,
-    read_timeout: float = 30.0,
-    max_attempts: int = 3,
-) -> Any:
+def make_filesystem(root: BucketRoot, **options: Any) -> Any:
     """An S3 filesystem (``s3fs.S3FileSystem``) for an ``s3://`` root; it connects on first use.
 
-    With no key given, botocore's chain finds the credentials: the environment, the shared
-    credentials and config files (``profile`` or ``AWS_PROFILE``), then a container or instance
-    role. ``endpoint_url`` points at an S3-compatible store. Retries (throttling, 5xx, dropped
-    connections) are botocore's "standard" mode, up to ``max_attempts`` tries a call, with jittered
-    backoff. ``gs://`` and ``az://`` roots take their own settings: see ``filesystem_for``.
+    ``options`` are those of ``daemon.store_s3.make_s3_filesystem`` (endpoint, region, profile,
+    keys, timeouts, attempts). ``gs://`` and ``az://`` roots take their own settings: see
+    ``filesystem_for``.
     """
     if root.scheme != "s3":
         raise ConfigError(
@@ -780,19 +764,7 @@ def make_filesystem(
         )
     from daemon.store_s3 import make_s3_filesystem
 
-    return make_s3_filesystem(
-        root,
-        endpoint_url=endpoint_url,
-        region=region,
-        profile=profile,
-        access_key_id=access_key_id,
-        secret_access_key=secret_access_key,
-        session_token=session_token,
-        anonymous=anonymous,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_attempts=max_attempts,
-    )
+    return make_s3_filesystem(root, **options)
 
 
 def check_endpoint_url(endpoint_url: str) -> None:

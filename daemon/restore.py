@@ -23,9 +23,12 @@ files with exactly their bytes:
 
 Restored files get the process's umask and the current time; nothing else is preserved.
 The staging folder's name starts with ``STAGING_PREFIX``: a watcher over the target should
-ignore it. A crash before step 4 leaves only that folder, which the next prune removes; a
-crash during step 4 leaves some files restored and some not, and running restore again
-finishes the job.
+ignore it. While a restore works, ``RESTORING_MARKER`` in the target holds its pid
+(``restoring_pid``): the daemon waits for it to go, so an in-place revert becomes one version,
+and a second restore into the same target is refused. A crash before step 4 leaves only that
+folder, which the next prune removes, and a marker naming a dead pid, which the next restore
+replaces; a crash during step 4 leaves some files restored and some not, and running restore
+again finishes the job.
 
 Errors: ``RestoreError`` (a ``StrandlineError``) and its ``UnsafePathError``.
 """
@@ -48,6 +51,7 @@ from daemon.errors import StrandlineError
 from daemon.manifest import FileState
 
 __all__ = [
+    "RESTORING_MARKER",
     "STAGING_PREFIX",
     "ContentSource",
     "RestoreError",
@@ -55,11 +59,15 @@ __all__ = [
     "UnsafePathError",
     "check_path",
     "restore",
+    "restoring_pid",
 ]
 
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX: Final = ".strandline-restore-"
+# In the target while a restore works, holding its pid: a watcher of the target waits for it to
+# go (one stat, however big the folder), and a second restore into the same target is refused.
+RESTORING_MARKER: Final = ".strandline-restoring"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -218,6 +226,48 @@ class _Folders:
         self._fds = {(): self._fds[()]}
 
 
+def restoring_pid(target: str | os.PathLike[str]) -> int | None:
+    """The pid of a live restore working in ``target`` now, or None."""
+    try:
+        with open(os.path.join(target, RESTORING_MARKER), encoding="ascii") as fh:
+            pid = int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mark(root_fd: int, target: str) -> None:
+    """Leave RESTORING_MARKER with our pid in the target; refuse if a live restore left one."""
+    for _attempt in range(2):
+        try:
+            fd = os.open(RESTORING_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=root_fd)
+        except FileExistsError:
+            other = restoring_pid(target)
+            if other is not None:
+                raise RestoreError(
+                    f"another restore into {target} is running (pid {other}); wait for it to finish; target unchanged"
+                ) from None
+            with suppress(FileNotFoundError):
+                os.unlink(RESTORING_MARKER, dir_fd=root_fd)  # left by a restore that died
+            continue
+        try:
+            os.write(fd, str(os.getpid()).encode("ascii"))
+        finally:
+            os.close(fd)
+        return
+    raise RestoreError(f"cannot mark {target} as being restored; target unchanged")
+
+
 def _still_to_write(
     target: str,
     entries: list[_Entry],
@@ -276,7 +326,7 @@ def _prune(
         listing = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
     for name, is_dir in listing:
         parts = (*prefix, name)
-        if not prefix and name == staging:
+        if not prefix and name in (staging, RESTORING_MARKER):
             left += 1
             continue
         if parts in keep_files:
@@ -387,7 +437,10 @@ def _restore(
     top_names = {p[0] for p in keep_files}
     staging = ""
     staging_fd = -1
+    marked = False
     try:
+        _mark(root_fd, target)
+        marked = True
         while True:
             staging = f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
             if staging in top_names:
@@ -420,6 +473,9 @@ def _restore(
         if staging:
             with suppress(OSError):
                 shutil.rmtree(staging, dir_fd=root_fd)
+        if marked:
+            with suppress(OSError):
+                os.unlink(RESTORING_MARKER, dir_fd=root_fd)
         os.close(root_fd)
 
 

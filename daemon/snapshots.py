@@ -47,8 +47,8 @@ from daemon.content_store import (
 )
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.manifest import FileState
-from daemon.sources import LocalSource, Source
-from schemas.config import SnapshotPolicy
+from daemon.sources import Source
+from schemas.config import SnapshotPolicy, is_bucket_url
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def resolve_policy(policy: SnapshotPolicy, store_root: Path, source: Source) -> 
     """The put mode a dataset's policy means here; None for ``none``."""
     if policy == "none":
         return None
-    if not isinstance(source.location, str) or "://" in source.location:
+    if is_bucket_url(source.location):
         return "copy"  # a bucket's bytes arrive as a stream: nothing to clone or link
     if policy == "auto":
         store_root.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ class Snapshotter:
         files = stored = 0
         # A local file's put looks for its hash first, as has() does, without opening the file:
         # asking has() before it would stat the store twice more per file. A bucket's would GET first.
-        ask_first = not isinstance(self.source, LocalSource)
+        ask_first = is_bucket_url(self.source.location)
         for rel, state in states.items():
             if ask_first and store.has(state.hash, state.size):
                 continue

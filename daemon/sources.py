@@ -12,14 +12,13 @@ pass is abandoned and retried, never mistaken for "every file was removed".
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError, hash_file
 from daemon.manifest import FileState
-from daemon.restore import STAGING_PREFIX
+from daemon.restore import restoring_pid
 from daemon.scanner import FileStat, OnReject, Rejection, stat_error, stat_paths, walk
 from schemas.config import StoreSettings, is_bucket_url
 
@@ -48,11 +47,10 @@ class Source(Protocol):
         """Why the root cannot be looked at now (announced as ``root_missing``), or None."""
         ...
 
-    def busy(self, max_seconds: float) -> str | None:
+    def busy(self) -> str | None:
         """What is rewriting the root as one unit right now (an in-place restore), or None.
 
-        The versioner waits for it to finish so that a revert becomes one version; anything
-        older than ``max_seconds`` is taken for the leftover of a crash and ignored.
+        The versioner waits for it to finish so that a revert becomes one version.
         """
         ...
 
@@ -112,18 +110,10 @@ class LocalSource:
             return None
         return f"dataset root {self.root} is missing; versions resume when it is back"
 
-    def busy(self, max_seconds: float) -> str | None:
-        # restore() stages inside its target and removes the staging folder when done.
-        try:
-            with os.scandir(self.root) as entries:
-                for entry in entries:
-                    if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
-                        age = time.time() - entry.stat(follow_symlinks=False).st_mtime
-                        if age < max_seconds:
-                            return f"a restore is writing into it ({entry.name})"
-        except OSError:
-            return None
-        return None
+    def busy(self) -> str | None:
+        # restore() marks its target while it works: one small read, however big the folder.
+        pid = restoring_pid(self.root)
+        return None if pid is None else f"a restore (pid {pid}) is writing into it"
 
     def walk(self, filt: PathFilter, on_reject: OnReject) -> Iterator[tuple[str, FileStat]]:
         return walk(self.root, filt, on_reject)

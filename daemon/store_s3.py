@@ -46,8 +46,14 @@ def make_s3_filesystem(
     read_timeout: float = 30.0,
     max_attempts: int = 3,
 ) -> Any:
-    """An ``s3fs.S3FileSystem``; see ``daemon.objectstore.make_filesystem``. s3fs's own retry loop
-    is switched off so that it and botocore's do not multiply."""
+    """An ``s3fs.S3FileSystem`` for an ``s3://`` root; it connects on first use.
+
+    With no key given, botocore's chain finds the credentials: the environment, the shared
+    credentials and config files (``profile`` or ``AWS_PROFILE``), then a container or instance
+    role. ``endpoint_url`` points at an S3-compatible store. Retries (throttling, 5xx, dropped
+    connections) are botocore's "standard" mode, up to ``max_attempts`` tries a call, with jittered
+    backoff; s3fs's own retry loop is switched off so that the two do not multiply.
+    """
     if (access_key_id is None) != (secret_access_key is None):
         raise ConfigError("give both the access key id and the secret access key, or neither")
     if endpoint_url is not None:

@@ -88,7 +88,8 @@ def _text(value: object) -> str | None:
 
 def column_diff(name: str, a: ColumnProfile | None, b: ColumnProfile | None) -> ColumnDiff:
     presence = "both" if a is not None and b is not None else ("added" if a is None else "removed")
-    numeric = all(c is None or (_number(c.min) is not None or c.min is None) for c in (a, b))
+    # Strings and other non-numbers have a min and max to show but no difference to compute.
+    numeric = not any(c is not None and c.min is not None and _number(c.min) is None for c in (a, b))
     return ColumnDiff(
         name=name,
         presence=presence,

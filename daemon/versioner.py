@@ -177,7 +177,7 @@ class Versioner:
             log.info("dataset %s: root %s is back", self.dataset.name, self.root)
             self._root_missing = False
             self._reported.discard((".", "root_missing"))
-        busy = self.source.busy(self.config.max_open_seconds)
+        busy = self.source.busy()
         if busy is not None:
             # A revert must become one version, not the half-restored state in between.
             log.info(

@@ -617,7 +617,21 @@ class StoreConfig(_Section):
     )
 
 
-class GcsConfig(_Section):
+class _HttpStoreSettings(_Section):
+    """What [gcs] and [azure] share: our own retries and timeouts (their SDKs' defaults wait far longer)."""
+
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries per request on throttling, 5xx answers and dropped connections."
+    )
+    connect_timeout_seconds: Annotated[float, Field(gt=0.0, le=300.0)] = Field(
+        5.0, description="Longest wait for a connection to the endpoint."
+    )
+    read_timeout_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        30.0, description="Longest wait for the next bytes of an answer."
+    )
+
+
+class GcsConfig(_HttpStoreSettings):
     """How gs://bucket/prefix/ roots are reached. Credentials come from Google's usual chain
     (GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default login, the metadata server of a
     Google Cloud VM) unless a credentials file is given or access is anonymous."""
@@ -636,18 +650,9 @@ class GcsConfig(_Section):
         10.0, description="Seconds between listings of a polled prefix (one list request per page_size objects)."
     )
     page_size: int = Field(1000, ge=1, le=1000, description="Objects per list request (1000 is the most GCS returns).")
-    max_attempts: int = Field(
-        3, ge=1, le=20, description="Tries per request on throttling, 5xx answers and dropped connections."
-    )
-    connect_timeout_seconds: Annotated[float, Field(gt=0.0, le=300.0)] = Field(
-        5.0, description="Longest wait for a connection to the endpoint."
-    )
-    read_timeout_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
-        30.0, description="Longest wait for the next bytes of an answer."
-    )
 
 
-class AzureConfig(_Section):
+class AzureConfig(_HttpStoreSettings):
     """How az://container/prefix/ roots are reached (Azure Blob Storage). Give a connection string,
     or an account name with a key, a SAS token or nothing (then DefaultAzureCredential: environment,
     workload or managed identity, Azure CLI login); adlfs also reads AZURE_STORAGE_CONNECTION_STRING,
@@ -676,15 +681,6 @@ class AzureConfig(_Section):
         10.0, description="Seconds between listings of a polled prefix (one list request per page_size blobs)."
     )
     page_size: int = Field(1000, ge=1, le=5000, description="Blobs per list request (5000 is the most Azure returns).")
-    max_attempts: int = Field(
-        3, ge=1, le=20, description="Tries per request on throttling, 5xx answers and dropped connections."
-    )
-    connect_timeout_seconds: Annotated[float, Field(gt=0.0, le=300.0)] = Field(
-        5.0, description="Longest wait for a connection to the endpoint."
-    )
-    read_timeout_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
-        30.0, description="Longest wait for the next bytes of an answer."
-    )
 
     @model_validator(mode="after")
     def _credentials_are_consistent(self) -> AzureConfig:

@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,6 +107,54 @@ def stop_server(pid_file: Path, *, hard: bool = False, grace: float = 10.0) -> N
             while _running(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
     pid_file.unlink(missing_ok=True)
+
+
+def pick_port(directory: Path, port: int | None) -> int:
+    """The port for a server kept in ``directory``: ``port``, else the one it had before (a restart
+    keeps clients' endpoints), else a free one. Makes the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port_file = directory / "server.port"
+    if port is None:
+        port = int(port_file.read_text()) if port_file.exists() else free_port()
+    return port
+
+
+def launch(
+    directory: Path,
+    port: int,
+    command: list[str],
+    probe_url: str,
+    *,
+    what: str,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    exit_hint: str = "port taken?",
+) -> None:
+    """Run ``command`` as a server logging to ``directory``/server.log, tracked by its pid file, and
+    wait until ``probe_url`` answers. ``what`` names it in errors; a server that never answers is stopped."""
+    log_path = directory / "server.log"
+    pid_file = directory / "server.pid"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    track(proc, pid_file)
+    (directory / "server.port").write_text(str(port))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            untrack(pid_file, proc)
+            raise RuntimeError(f"{what} exited with code {proc.returncode} (port {port}: {exit_hint}); see {log_path}")
+        if answers(probe_url):
+            return
+        time.sleep(0.05)
+    stop_server(pid_file)
+    raise RuntimeError(f"{what} did not answer at {probe_url} within {timeout} s; see {log_path}")
 
 
 def _running(pid: int) -> bool:

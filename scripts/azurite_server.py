@@ -22,11 +22,10 @@ import argparse
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from _procs import ToolMissingError, answers, build_lock, free_port, stop_server, track, untrack
+from _procs import ToolMissingError, answers, build_lock, launch, pick_port, stop_server
 
 REPO = Path(__file__).resolve().parent.parent
 # 3.35 is the newest Azurite that runs on Node 20 (3.36 needs Node 21+, 3.37 Node 22+).
@@ -89,12 +88,8 @@ def start(directory: Path, port: int | None = None, *, timeout: float = 60.0) ->
     their endpoint), else a free port is picked. Blobs written before a restart are still there.
     """
     binary = install()
-    directory.mkdir(parents=True, exist_ok=True)
-    port_file = directory / "server.port"
-    if port is None:
-        port = int(port_file.read_text()) if port_file.exists() else free_port()
+    port = pick_port(directory, port)
     endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    log_path = directory / "server.log"
     command = [
         str(binary),
         "--blobHost",
@@ -107,22 +102,8 @@ def start(directory: Path, port: int | None = None, *, timeout: float = 60.0) ->
         "--disableTelemetry",
         "--loose",
     ]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    track(proc, directory / "server.pid")
-    port_file.write_text(str(port))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            untrack(directory / "server.pid", proc)
-            raise RuntimeError(f"Azurite exited with code {proc.returncode} (port {port} taken?); see {log_path}")
-        if answers(f"http://127.0.0.1:{port}/"):
-            return endpoint
-        time.sleep(0.05)
-    stop(directory)
-    raise RuntimeError(f"Azurite did not answer at {endpoint} within {timeout} s; see {log_path}")
+    launch(directory, port, command, f"http://127.0.0.1:{port}/", what="Azurite", timeout=timeout)
+    return endpoint
 
 
 def stop(directory: Path, *, hard: bool = False) -> None:

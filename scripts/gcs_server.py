@@ -23,11 +23,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from _procs import ToolMissingError, answers, build_lock, free_port, stop_server, track, untrack
+from _procs import ToolMissingError, answers, build_lock, launch, pick_port, stop_server
 
 REPO = Path(__file__).resolve().parent.parent
 MODULE = "github.com/fsouza/fake-gcs-server"
@@ -78,12 +77,8 @@ def start(directory: Path, port: int | None = None, *, backend: str = "memory", 
     if backend not in ("memory", "filesystem"):
         raise ValueError(f"backend must be 'memory' or 'filesystem', not {backend!r}")
     binary = install()
-    directory.mkdir(parents=True, exist_ok=True)
-    port_file = directory / "server.port"
-    if port is None:
-        port = int(port_file.read_text()) if port_file.exists() else free_port()
+    port = pick_port(directory, port)
     endpoint = f"http://127.0.0.1:{port}"
-    log_path = directory / "server.log"
     command = [
         str(binary),
         "-scheme",
@@ -103,24 +98,8 @@ def start(directory: Path, port: int | None = None, *, backend: str = "memory", 
         "-log-level",
         "info",  # one line per request: tests count listings in it
     ]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    track(proc, directory / "server.pid")
-    port_file.write_text(str(port))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            untrack(directory / "server.pid", proc)
-            raise RuntimeError(
-                f"the GCS emulator exited with code {proc.returncode} (port {port} taken?); see {log_path}"
-            )
-        if answers(endpoint + "/storage/v1/b"):
-            return endpoint
-        time.sleep(0.05)
-    stop(directory)
-    raise RuntimeError(f"the GCS emulator did not answer at {endpoint} within {timeout} s; see {log_path}")
+    launch(directory, port, command, endpoint + "/storage/v1/b", what="the GCS emulator", timeout=timeout)
+    return endpoint
 
 
 def stop(directory: Path, *, hard: bool = False) -> None:

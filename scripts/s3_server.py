@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from _procs import answers as _answers
-from _procs import free_port, stop_server, track, untrack
+from _procs import launch, pick_port, stop_server
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_DIR = REPO / ".cache" / "s3" / "dev"
@@ -45,36 +43,19 @@ def start(
     their endpoint), else a free port is picked. ``env`` adds variables for moto, e.g.
     ``INITIAL_NO_AUTH_ACTION_COUNT=N``: after N requests moto checks IAM credentials and policies.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    port_file = directory / "server.port"
-    if port is None:
-        port = int(port_file.read_text()) if port_file.exists() else free_port()
+    port = pick_port(directory, port)
     endpoint = f"http://127.0.0.1:{port}"
-    log_path = directory / "server.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-    track(proc, directory / "server.pid")
-    port_file.write_text(str(port))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            untrack(directory / "server.pid", proc)
-            raise RuntimeError(
-                f"the S3 server exited with code {proc.returncode} (port {port} taken? moto[server] missing?); "
-                f"see {log_path}"
-            )
-        if answers(endpoint):
-            return endpoint
-        time.sleep(0.05)
-    stop(directory)
-    raise RuntimeError(f"the S3 server did not answer at {endpoint} within {timeout} s; see {log_path}")
+    launch(
+        directory,
+        port,
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        endpoint,
+        what="the S3 server",
+        timeout=timeout,
+        env=env,
+        exit_hint="taken? moto[server] missing?",
+    )
+    return endpoint
 
 
 def stop(directory: Path, *, hard: bool = False) -> None:

@@ -77,6 +77,17 @@ def read_events(
         consumer.close()
 
 
+def json_log_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON log records of a service's log file (other lines, e.g. a traceback's, skipped)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def version_events(events: list[Event], dataset: str | None = None) -> list[Event]:
     return [
         e
@@ -146,7 +157,7 @@ def probe_dataset(tmp_path: Path) -> DatasetConfig:
     """A dataset beside the ones under test, for ``RunningDaemon.barrier``."""
     root = tmp_path / "probe"
     root.mkdir(exist_ok=True)
-    return DatasetConfig(name="probe", root=root, settle_seconds=0.05)
+    return DatasetConfig(name="probe", root=root, settle_seconds=0.05, snapshot="none")  # nothing to restore
 
 
 def start_daemon(config: StrandlineConfig, folder: Path | None = None) -> RunningDaemon:

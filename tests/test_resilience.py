@@ -11,7 +11,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import xxhash
@@ -20,7 +19,7 @@ from daemon.catalog import Catalog
 from daemon.config import catalog_path, load_config
 from schemas.config import DatasetConfig
 from tests.conftest import kafka_broker
-from tests.helpers import NotifySocket, publish, read_events, start_daemon, version_events, wait_for
+from tests.helpers import NotifySocket, json_log_lines, publish, read_events, start_daemon, version_events, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -313,7 +312,7 @@ def test_a_consumer_started_before_kafka_waits_not_ready_and_starts_once_kafka_a
         assert degraded["part"] == "kafka" and f"no Kafka broker answers at {bootstrap}" in degraded["reason"]
         assert _get(base + "/healthz")[0] == 200  # waiting is alive: no restart by the watchdog
         assert _metrics(base)["strandline_consumer_kafka_degraded"] == 1
-        warnings = [line for line in _log_lines(log_path) if "cannot reach Kafka" in line["message"]]
+        warnings = [line for line in json_log_lines(log_path) if "cannot reach Kafka" in line["message"]]
         assert len(warnings) == 1, "one line per cause, not one per try"
         assert warnings[0]["level"] == "WARNING" and warnings[0]["message"].startswith("degraded: consumer drift")
 
@@ -321,7 +320,7 @@ def test_a_consumer_started_before_kafka_waits_not_ready_and_starts_once_kafka_a
         notify.wait("READY=1", timeout=120)
         wait_for(lambda: _get(base + "/readyz")[0] == 200, 30, what="ready")
         assert _metrics(base)["strandline_consumer_kafka_degraded"] == 0
-        assert any(line["message"].startswith("recovered: consumer drift") for line in _log_lines(log_path))
+        assert any(line["message"].startswith("recovered: consumer drift") for line in json_log_lines(log_path))
 
         # It really consumes: an event published now is acted on.
         config = load_config(cfg)
@@ -337,13 +336,3 @@ def test_a_consumer_started_before_kafka_waits_not_ready_and_starts_once_kafka_a
             proc.wait()
         notify.close()
         kafka_broker.stop(broker_dir)
-
-
-def _log_lines(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,15 @@ import pytest
 from daemon.content_store import ContentStore
 from daemon.fingerprint import hash_file
 from daemon.manifest import FileState
-from daemon.restore import STAGING_PREFIX, RestoreError, UnsafePathError, check_path, restore
+from daemon.restore import (
+    RESTORING_MARKER,
+    STAGING_PREFIX,
+    RestoreError,
+    UnsafePathError,
+    check_path,
+    restore,
+    restoring_pid,
+)
 
 MiB = 1024 * 1024
 
@@ -283,3 +292,27 @@ def test_restoring_an_empty_version_with_prune_empties_the_folder(store: Content
     summary = restore(store, {}, target, prune=True)
     assert (summary.files, summary.bytes, summary.removed) == (0, 0, 3)
     assert list(target.iterdir()) == []
+
+
+def test_a_second_restore_into_a_target_being_restored_is_refused_and_a_dead_ones_marker_is_replaced(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    write_tree(source, {"a.csv": rows(100, 1)})
+    manifest, files = version(store, source)
+    target = tmp_path / "target"
+    target.mkdir()
+    marker = target / RESTORING_MARKER
+    busy = subprocess.Popen(["sleep", "600"])  # stands in for a restore at work
+    try:
+        marker.write_text(str(busy.pid))
+        assert restoring_pid(target) == busy.pid
+        with pytest.raises(RestoreError, match=f"another restore into .* is running \\(pid {busy.pid}\\)"):
+            restore(store, manifest, target)
+        assert sorted(p.name for p in target.iterdir()) == [RESTORING_MARKER]
+    finally:
+        busy.kill()
+        busy.wait()
+    assert restoring_pid(target) is None  # a dead restore's marker holds nothing back
+    restore(store, manifest, target)
+    assert tree(target) == files  # its marker was replaced, and ours removed when done

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from daemon.catalog import Catalog
-from tests.helpers import NotifySocket, wait_for
+from tests.helpers import NotifySocket, json_log_lines, wait_for
 
 
 def _config(state: Path, bootstrap: str, prefix: str, datasets: dict[str, Path], suite: Path | None = None) -> str:
@@ -34,16 +32,6 @@ def _versions(state: Path, name: str) -> list[int]:
             return [v.seq for v in c.versions(name)]
         except Exception:
             return []
-
-
-def _log_lines(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def test_watch_notifies_systemd_reloads_on_sighup_and_logs_json(
@@ -105,7 +93,7 @@ def test_watch_notifies_systemd_reloads_on_sighup_and_logs_json(
             proc.wait()
         notify.close()
 
-    lines = _log_lines(log_path)
+    lines = json_log_lines(log_path)
     assert lines, log_path.read_text()
     assert all({"ts", "level", "logger", "message"} <= line.keys() for line in lines)
     created = [line for line in lines if "version 1 created" in line["message"] and line.get("dataset") == "extra"]

@@ -26,6 +26,7 @@ from daemon.catalog import Catalog
 from daemon.config import catalog_path, store_path
 from daemon.content_store import ContentStore
 from daemon.events import cloud_event
+from daemon.restore import RESTORING_MARKER
 from schemas.config import DatasetConfig, StrandlineConfig
 from schemas.events import RetrainStarted
 from tests.helpers import probe_dataset, publish, read_events, start_daemon, version_events, wait_for
@@ -94,39 +95,44 @@ def test_every_version_of_a_changing_dataset_restores_byte_for_byte(
 ) -> None:
     config = config_for([DatasetConfig(name="sales", root=data_dir, snapshot="copy"), probe_dataset(tmp_path)])
     cfg = write_toml(config, tmp_path / "strandline.toml")
-    expected: list[dict[str, str | bytes]] = []
+    expected: dict[int, dict[str, bytes]] = {}  # version -> the files it holds
     running = start_daemon(config)
+
+    def settled() -> None:
+        # A barrier, not a version count: under load two writes may straddle a quiet period.
+        running.barrier("sales")
+        expected[running.versions("sales")[-1].seq] = tree(data_dir)
+
     try:
         # 1: a CSV from pandas, a binary file in a subfolder.
         pd.DataFrame({"id": range(100), "v": [i * 0.5 for i in range(100)]}).to_csv(data_dir / "t.csv", index=False)
         (data_dir / "raw").mkdir()
         (data_dir / "raw" / "blob.bin").write_bytes(random_bytes(300_000, 1))
-        wait_for(lambda: len(running.versions("sales")) == 1, what="version 1")
-        expected.append(tree(data_dir))
+        settled()
         # 2: a modification, an addition, a removal.
         with open(data_dir / "t.csv", "a") as fh:
             fh.write("100,50.0\n")
         (data_dir / "notes.txt").write_text("hello\n")
         (data_dir / "raw" / "blob.bin").unlink()
-        wait_for(lambda: len(running.versions("sales")) == 2, what="version 2")
-        expected.append(tree(data_dir))
+        settled()
         # 3: a file over the chunking threshold, copied in with cp.
         big = tmp_path / "big.bin"
         big.write_bytes(random_bytes(12 * MiB, 3))
         subprocess.run(["cp", str(big), str(data_dir / "big.bin")], check=True)
-        wait_for(lambda: len(running.versions("sales")) == 3, what="version 3")
-        expected.append(tree(data_dir))
-        events = version_events(read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=3), "sales")
+        settled()
+        made = len(running.versions("sales")) + len(running.versions("probe"))
+        events = version_events(read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=made), "sales")
     finally:
         running.stop()
-    assert [snapshot_of(e) for e in events] == [{"policy": "copy", "restorable": True}] * 3
-    for n, files in enumerate(expected, start=1):
+    assert len(expected) == 3  # each step made a version
+    assert [snapshot_of(e) for e in events] == [{"policy": "copy", "restorable": True}] * len(events)
+    for n, files in expected.items():
         out = tmp_path / f"restored-{n}"
         done = strandline(cfg, "restore", f"sales@{n}", "--to", str(out), "--json")
         assert json.loads(done.stdout)["files"] == len(files)
         assert tree(out) == files, f"version {n} did not come back byte for byte"
-    # The store holds each content once: version 2 re-used t.csv's old bytes nowhere, but
-    # notes.txt, the new t.csv and big.bin are the only additions after version 1.
+    # Each content once: t.csv and blob.bin (version 1), the new t.csv and notes.txt (2), and
+    # big.bin, chunked (3).
     store = ContentStore(store_path(config))
     assert store.stats().blobs == 4 and store.stats().recipes == 1
 
@@ -345,34 +351,37 @@ def test_an_in_place_restore_is_recorded_as_a_new_version_equal_to_the_old_one(
     try:
         (data_dir / "keep.csv").write_text("a\n1\n")
         (data_dir / "edit.csv").write_text("a\n2\n")
-        wait_for(lambda: len(running.versions("r")) == 1, what="version 1")
-        v1 = running.versions("r")[0]
+        # Barriers, not version counts: under load two writes may straddle a quiet period.
+        running.barrier("r")
+        v1 = running.versions("r")[-1]
         (data_dir / "edit.csv").write_text("a\n3\n")
         (data_dir / "later.csv").write_text("a\n4\n")
         (data_dir / ".private").write_text("not the dataset's\n")  # hidden: not part of the data
-        wait_for(lambda: len(running.versions("r")) == 2, what="version 2")
+        running.barrier("r")
+        before = len(running.versions("r"))
         keep_inode = (data_dir / "keep.csv").stat().st_ino
 
-        strandline(cfg, "tag", "r@1", "good")
+        strandline(cfg, "tag", f"r@{v1.seq}", "good")
         done = json.loads(strandline(cfg, "restore", "r@good", "--in-place", "--json").stdout)
         assert (done["unchanged"], done["removed"]) == (1, 1)
-        wait_for(lambda: len(running.versions("r")) >= 3, what="the revert's version")
+        wait_for(lambda: len(running.versions("r")) > before, what="the revert's version")
         running.barrier("r")  # and no half-restored version before or after it
-        assert len(running.versions("r")) == 3
-        events = read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=4)  # 3 versions, 1 tag
+        assert len(running.versions("r")) == before + 1
+        made = len(running.versions("r")) + len(running.versions("probe"))
+        events = read_events(kafka_bootstrap, config.kafka.versions_topic, min_count=made + 1)  # and the tag
     finally:
         running.stop()
-    v3 = running.versions("r")[2]
-    assert v3.version_id == v1.version_id and (v3.added, v3.modified, v3.removed) == (0, 1, 1)
+    revert = running.versions("r")[-1]
+    assert revert.version_id == v1.version_id and (revert.added, revert.modified, revert.removed) == (0, 1, 1)
     assert (data_dir / "edit.csv").read_text() == "a\n2\n" and not (data_dir / "later.csv").exists()
     assert (data_dir / ".private").read_text() == "not the dataset's\n"
     assert (data_dir / "keep.csv").stat().st_ino == keep_inode  # already right: not rewritten
-    assert not [p for p in data_dir.iterdir() if p.name.startswith(".strandline-restore-")]
+    assert not [p for p in data_dir.iterdir() if p.name.startswith((".strandline-restore", RESTORING_MARKER))]
     tagged = [e for e in events if e.headers["ce_type"] == "dataset.version.tagged"]
     assert [(e.key, e.data["tag"], e.data["version"], e.data["version_id"]) for e in tagged] == [
-        ("r", "good", 1, v1.version_id)
+        ("r", "good", v1.seq, v1.version_id)
     ]
-    assert tagged[0].headers["ce_subject"] == "r@1#good"
+    assert tagged[0].headers["ce_subject"] == f"r@{v1.seq}#good"
 
 
 # -- a full disk -------------------------------------------------------------------------------
@@ -421,6 +430,8 @@ def test_a_full_store_disk_records_the_version_as_not_restorable_and_the_daemon_
     )
 
     def versions() -> list[Any]:
+        if daemon.poll() == 77:
+            pytest.skip("cannot mount a tmpfs here")
         if daemon.poll() is not None:
             raise AssertionError(f"the daemon exited ({daemon.returncode}): {daemon.stderr.read()}")  # type: ignore[union-attr]
         if not catalog_path(config).exists():
@@ -443,8 +454,6 @@ def test_a_full_store_disk_records_the_version_as_not_restorable_and_the_daemon_
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=60)
-    if daemon.returncode == 77:
-        pytest.skip("cannot mount a tmpfs here")
     assert daemon.returncode == 0, err
     assert [snapshot_of(e)["restorable"] for e in events] == [False, True]
     assert "full" in snapshot_of(events[0])["reason"]
@@ -494,8 +503,9 @@ def test_a_restore_in_progress_holds_the_datasets_next_version_until_it_is_done(
     try:
         (data_dir / "a.csv").write_text("a\n1\n")
         wait_for(lambda: len(running.versions("w")) == 1, what="version 1")
-        staging = data_dir / ".strandline-restore-0123456789ab"  # what restore() stages in
-        staging.mkdir()
+        # A restore at work marks its target with its pid: a live process stands in for it.
+        restorer = subprocess.Popen(["sleep", "600"])
+        (data_dir / RESTORING_MARKER).write_text(str(restorer.pid))
         (data_dir / "a.csv").write_text("a\n2\n")
         (data_dir / "b.csv").write_text("b\n3\n")
         engine = running.daemon.engine
@@ -503,7 +513,9 @@ def test_a_restore_in_progress_holds_the_datasets_next_version_until_it_is_done(
         passes = engine.passes
         wait_for(lambda: engine.passes >= passes + 3, what="passes that see the restore at work")
         assert len(running.versions("w")) == 1
-        staging.rmdir()
+        # It dies without removing its marker (a crash): a dead pid holds nothing back.
+        restorer.kill()
+        restorer.wait()
         wait_for(lambda: len(running.versions("w")) == 2, what="the version after the restore")
     finally:
         running.stop()
