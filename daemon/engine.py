@@ -331,7 +331,7 @@ class Engine:
         self._lister = lister
 
     def request_full(self, name: str) -> None:
-        """Look at all of dataset ``name`` once quiet (a poll saw something only a full pass reports)."""
+        """Look at all of dataset ``name`` once quiet (a notification that names no key)."""
         d = self._datasets.get(name)
         if d is not None:
             self._request_full(d, immediate=False)
@@ -367,8 +367,8 @@ class Engine:
     # -- scheduling -------------------------------------------------------------------------
 
     def _request_full(self, d: _Dataset, *, immediate: bool) -> None:
-        listed_elsewhere = d.config.is_bucket and d.config.commit_marker is None and self._lister is not None
-        if listed_elsewhere and self._lister is not None and self._lister(d.config.name):
+        lister = self._lister
+        if lister is not None and d.config.is_bucket and d.config.commit_marker is None and lister(d.config.name):
             return
         now = time.monotonic()
         with self._cond:
@@ -509,7 +509,7 @@ class Engine:
             total.update(dict(d.versioner.rejections))
         return total
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         """Build each dataset's view of its latest version before the first change arrives: the
         one pass over the catalog a view costs is paid at start, not by the first version."""
         for d in list(self._datasets.values()):
@@ -550,7 +550,7 @@ class Engine:
         ``wake`` makes the loop turn at once.
         """
         interval = self.config.reconcile_interval_seconds
-        self._prepare()
+        self.prepare()
         next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
         next_check = time.monotonic() + _WATCH_CHECK_SECONDS
         self.request_reconcile()

@@ -417,6 +417,8 @@ def test_a_long_listing_holds_up_neither_other_versions_nor_a_stop(
 
         pages = _lists(s3_server_log, bucket) - before
         per_page = (time.monotonic() - listing_since) / max(pages - 20, 1)
+        # Delivered first, so that the stop below waits for nothing but the listing.
+        wait_for(lambda: running.backlog() == 0, what="the local version's events delivered")
         t0 = time.monotonic()
         running.daemon.request_stop()
         running.thread.join(timeout=60)

@@ -41,21 +41,39 @@ def _random_manifest(rng: random.Random, n: int) -> dict[str, FileState]:
 
 def test_the_kept_manifest_gives_the_version_id_of_the_whole_manifest_after_any_changes() -> None:
     rng = random.Random(5)
-    manifest = _random_manifest(rng, 300)
+    manifest = _random_manifest(rng, 1000)
     index = ManifestIndex((p, st.size, st.hash) for p, st in manifest.items())
     assert index.version_id() == version_id(manifest)
-    for _ in range(40):
-        child = dict(manifest)
-        for path in rng.sample(sorted(child), rng.randint(0, 5)):
-            del child[path]
-        for path in rng.sample(sorted(child), min(len(child), rng.randint(0, 5))):
-            child[path] = FileState(rng.randrange(10**6), f"{rng.getrandbits(128):032x}")
-        child |= _random_manifest(rng, rng.randint(0, 5))
+    ordered = ManifestIndex(sorted((p, st.size, st.hash) for p, st in manifest.items()), ordered=True)
+    assert ordered.version_id() == version_id(manifest)
+
+    def edit(child: dict[str, FileState]) -> None:
+        nonlocal manifest
         index.apply(diff(manifest, child))
         manifest = child
         assert index.version_id() == version_id(manifest)
         assert (index.files, index.bytes) == (len(manifest), sum(st.size for st in manifest.values()))
-    assert ManifestIndex().version_id() == version_id({})
+
+    for _ in range(40):
+        child = dict(manifest)
+        for path in rng.sample(sorted(child), min(len(child), rng.randint(0, 5))):
+            del child[path]
+        for path in rng.sample(sorted(child), min(len(child), rng.randint(0, 5))):
+            child[path] = FileState(rng.randrange(10**6), f"{rng.getrandbits(128):032x}")
+        edit(child | _random_manifest(rng, rng.randint(0, 5)))
+    # Many files added at one place (chunks split), most removed (chunks dropped), then all.
+    edit(manifest | {f"a/burst-{i:04}": FileState(i, f"{i:032x}") for i in range(700)})
+    edit(dict(rng.sample(sorted(manifest.items()), 30)))
+    edit({})
+    assert index.version_id() == version_id({}) == ManifestIndex().version_id()
+    edit(_random_manifest(rng, 300))
+
+
+def test_ordered_entries_must_come_in_path_order() -> None:
+    with pytest.raises(ValueError, match="out of path order"):
+        ManifestIndex([("b", 1, "h"), ("a", 1, "h")], ordered=True)
+    with pytest.raises(ValueError, match="twice"):
+        ManifestIndex([("a", 1, "h"), ("a", 2, "h")])
 
 
 def test_the_kept_manifest_refuses_changes_that_do_not_fit_it() -> None:
