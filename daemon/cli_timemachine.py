@@ -487,6 +487,7 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
         "objects": freed.objects if freed else 0,
         "pieces": freed.pieces if freed else 0,
         "bytes": freed.bytes if freed else 0,
+        "disk_bytes": freed.disk_bytes if freed else 0,
         "lineage_events_read": synced.read if synced else None,
     }
     if as_json:
@@ -500,6 +501,7 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
     click.echo(
         f"{'would free' if dry_run else 'freed'} {base._human_bytes(result['bytes'])}"
         f" ({result['objects']} files, {result['pieces']} chunks and pages)"
+        + ("" if dry_run else f"; {base._human_bytes(result['disk_bytes'])} of disk given back")
     )
 
 

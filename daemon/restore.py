@@ -12,8 +12,8 @@ files with exactly their bytes:
    is not in the manifest, so pruning would remove it anyway).
 3. Every file is staged in ``<target>/.strandline-restore-<random>/`` (same filesystem, so the
    final step is renames), its bytes checked against the manifest's hash and size as they are
-   written, then fsynced. A missing or damaged object raises ``RestoreError`` naming the file;
-   the staging folder is removed and the target is as it was.
+   written; then one syncfs makes them all durable. A missing or damaged object raises
+   ``RestoreError`` naming the file; the staging folder is removed and the target is as it was.
 4. Only then are the staged files renamed into place, through folder file descriptors opened
    with ``O_NOFOLLOW``: no symlink under the target is ever followed, so nothing can be written
    outside it, even if the target changes while we work. An existing file (or symlink) at a
@@ -47,6 +47,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from daemon.durability import syncfs
 from daemon.errors import StrandlineError
 from daemon.manifest import FileState
 
@@ -302,7 +303,6 @@ def _stage(store: ContentSource, staging_fd: int, index: int, entry: _Entry) -> 
                 view = view[os.write(fd, view) :]
         if written != entry.size:
             raise RestoreError(f"cannot restore {entry.rel!r}: the store holds a different size than the manifest's")
-        os.fsync(fd)
     finally:
         os.close(fd)
     return written
@@ -465,6 +465,13 @@ def _restore(
             except OSError as exc:
                 full = "; the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
                 raise RestoreError(f"cannot stage {entry.rel!r} in {target}: {exc}{full}; target unchanged") from exc
+        if entries:
+            # Staged files are made durable before they get their names, with one sync of the
+            # target's filesystem: an fsync per file costs a journal commit each (20,000 files).
+            try:
+                syncfs(os.path.join(target, staging))
+            except OSError as exc:
+                raise RestoreError(f"cannot sync the files staged in {target}: {exc}; target unchanged") from exc
         removed = _commit(root_fd, staging_fd, staging, entries, keep_files, dirs, blocked, prune, owned, target)
         return RestoreSummary(len(keep_files), total, removed, len(keep_files) - len(entries))
     finally:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +75,27 @@ def content(store: ContentStore, digest: str) -> bytes:
 
 
 def object_files(root: Path) -> list[Path]:
-    return [p for kind in ("blob", "recipe", "page", "chunk") for p in (root / kind).rglob("*") if p.is_file()]
+    """Every file that holds stored bytes: loose objects and packs."""
+    return [p for kind in ("blob", "recipe", "page", "chunk", "packs") for p in (root / kind).rglob("*") if p.is_file()]
+
+
+def _offset_of(store: ContentStore, kind: str, digest: str) -> int:
+    found = store.backend.locate(kind, digest)  # type: ignore[arg-type]
+    assert found is not None
+    return found[1]
+
+
+def packs(store: ContentStore) -> list[Path]:
+    return sorted((Path(store.root) / "packs").glob("*.pack"))
+
+
+def flip_stored_byte(store: ContentStore, kind: str, digest: str, offset: int) -> None:
+    """Damage a stored object where it lies: in its pack or its own file."""
+    found = store.backend.locate(kind, digest)  # type: ignore[arg-type]
+    assert found is not None, f"{kind} {digest} is not stored"
+    path, start, size = found
+    assert offset < size
+    _flip_a_byte(Path(path), start + offset)
 
 
 @pytest.fixture
@@ -311,13 +330,19 @@ def test_a_failure_after_the_temp_write_leaves_no_object(
     path = tmp_path / "f.csv"
     path.write_bytes(b"x" * 1000)
 
-    # Injected: an I/O error at the rename cannot be produced on demand on a real disk.
-    def broken_rename(temp: str, kind: str, digest: str) -> None:
-        raise OSError(errno.EIO, "Input/output error")
+    # Injected: an I/O error at the rename that names the pack cannot be produced on demand on a real disk.
+    real_rename = os.rename
 
-    monkeypatch.setattr(store.backend, "install", broken_rename)
+    def broken_rename(src: str, dst: str) -> None:
+        if "packs" in str(dst):
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", broken_rename)
     with pytest.raises(StoreError, match="Input/output error"):
         put_file(store, path)
+    monkeypatch.undo()
+    assert not store.has(hash_file(path)[0])
     assert object_files(Path(store.root)) == []
     assert list((Path(store.root) / "tmp").iterdir()) == []
 
@@ -332,10 +357,10 @@ def test_a_full_disk_raises_store_full_and_keeps_nothing(
     path.write_bytes(data)
     before = os.stat(path)
     tmp_dir = os.path.join(store.root, "tmp")
-    real_write = os.write
+    real_write = os.pwrite
     writes = 0
 
-    def write_until_full(fd: int, payload: bytes | memoryview) -> int:
+    def write_until_full(fd: int, payload: bytes | memoryview, offset: int) -> int:
         # Only the store's temp files run out of space, after a few chunks went through.
         nonlocal writes
         target = ""
@@ -345,9 +370,9 @@ def test_a_full_disk_raises_store_full_and_keeps_nothing(
             writes += 1
             if writes > 5 or size < SMALL_THRESHOLD:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, payload)
+        return real_write(fd, payload, offset)
 
-    monkeypatch.setattr(os, "write", write_until_full)
+    monkeypatch.setattr(os, "pwrite", write_until_full)
     with pytest.raises(StoreFullError, match="no space left"):
         put_file(store, path)
     monkeypatch.undo()
@@ -376,18 +401,24 @@ _TMPFS_CHILD = textwrap.dedent(
     from daemon.content_store import ContentStore, StoreFullError
     from daemon.fingerprint import hash_file
 
-    store = ContentStore(sys.argv[1], chunk_threshold=64 * 1024)
+    root = sys.argv[1]
+    store = ContentStore(root, chunk_threshold=64 * 1024)  # opened while there is room, as a daemon's is
     for source in sys.argv[2:]:
+        vfs = os.statvfs(root)
+        with open(os.path.join(os.path.dirname(root), "filler"), "wb") as fh:
+            fh.write(bytes(vfs.f_bavail * vfs.f_frsize - 32 * 1024))  # leave 32 KiB
         digest, st = hash_file(source)
         try:
             store.put(source, digest, st.st_size)
         except StoreFullError:
             pass
         else:
-            raise SystemExit(f"{source} fit on a 1 MiB filesystem")
-        leftovers = [f for d, _, fs in os.walk(sys.argv[1]) for f in fs if f != "FORMAT"]
+            raise SystemExit(f"{source} fit on a full filesystem")
+        leftovers = [f for d, _, fs in os.walk(root) for f in fs if f != "FORMAT" and not f.startswith("index.db")]
         assert leftovers == [], leftovers
-    print("full and clean")
+        assert not store.has(digest)
+        os.unlink(os.path.join(os.path.dirname(root), "filler"))
+        print("full and clean")
     """
 )
 
@@ -398,10 +429,8 @@ def test_a_really_full_filesystem_raises_store_full_and_keeps_nothing(tmp_path: 
     blob, chunked = tmp_path / "blob.csv", tmp_path / "chunked.csv"
     blob.write_bytes(csv_bytes(SMALL_THRESHOLD, seed=11))
     chunked.write_bytes(csv_bytes(3 * MiB, seed=12))
-    filler = 'dd if=/dev/zero of="$1/filler" bs=1024 count=960 status=none'
     done = _private_mount_or_skip(
-        f'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; {filler}; '
-        f'"{sys.executable}" -c "$2" "$1/store" "$3"; rm "$1/filler"; "{sys.executable}" -c "$2" "$1/store" "$4"',
+        f'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; "{sys.executable}" -c "$2" "$1/store" "$3" "$4"',
         str(mnt),
         _TMPFS_CHILD,
         str(blob),
@@ -416,67 +445,70 @@ def test_a_really_full_filesystem_raises_store_full_and_keeps_nothing(tmp_path: 
 # -- when bytes become durable --------------------------------------------------------------
 
 
-def test_a_chunked_put_writes_all_its_pieces_first_and_names_each_only_after_its_fsync(
+def test_a_chunked_put_is_one_pack_fsynced_once_before_it_is_named_with_its_recipe_last(
     store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "f.csv"
     data = csv_bytes(2 * MiB, seed=30)
     path.write_bytes(data)
-    root = Path(store.root)
-    real_fsync, real_install = os.fsync, store.backend.install
-    lock = threading.Lock()
-    synced: set[int] = set()
-    at_first_fsync: list[tuple[int, int]] = []  # (temp files, named objects)
+    real_fsync, real_rename = os.fsync, os.rename
+    synced_files: list[int] = []
+    renamed: list[str] = []
 
     def fsync(fd: int) -> None:
-        with lock:
-            if not at_first_fsync:
-                at_first_fsync.append((len(list((root / "tmp").iterdir())), len(object_files(root))))
-            synced.add(os.fstat(fd).st_ino)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            synced_files.append(st.st_ino)
         real_fsync(fd)
 
-    def install(temp: str, kind: str, digest: str) -> None:
-        with lock:
-            assert os.stat(temp).st_ino in synced, f"{kind} {digest} was named before its fsync"
-        real_install(temp, kind, digest)
+    def rename(src: str, dst: str) -> None:
+        assert os.stat(src).st_ino in synced_files, f"{dst} was named before its fsync"
+        renamed.append(str(dst))
+        real_rename(src, dst)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(store.backend, "install", install)
+    monkeypatch.setattr(os, "rename", rename)
     result = put_file(store, path)
     monkeypatch.undo()
-    temps, named = at_first_fsync[0]
     assert result.layout == "chunked" and result.new_chunks > 10
-    assert named == 0, "no piece may be named before the pieces are fsynced"
-    assert temps >= result.new_chunks, "every piece is written before the first fsync"
-    assert list((root / "tmp").iterdir()) == []
+    assert len(synced_files) == 1, "one fsync for the whole put, not one per chunk"
+    assert [Path(p).parent.name for p in renamed] == ["packs"]
+    assert packs(store) == [Path(renamed[0])]
+    assert list((Path(store.root) / "tmp").iterdir()) == []
+    chunk_offsets = [_offset_of(store, "chunk", d) for d in _chunks_of(store, result.hash)]
+    assert _offset_of(store, "recipe", result.hash) > max(chunk_offsets), "the recipe follows every chunk it names"
     assert content(store, result.hash) == data
 
 
-def test_a_batch_syncs_the_filesystem_only_when_it_named_blobs_without_their_fsync(
+def test_a_batch_seals_one_pack_for_all_its_copies_and_syncs_the_filesystem_only_for_links(
     store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import daemon.content_store as content_store
 
     calls: list[str] = []
-    real_syncfs = content_store._syncfs
+    real_syncfs = content_store.syncfs
 
     def syncfs(path: str) -> None:
         calls.append(path)
         real_syncfs(path)
 
-    monkeypatch.setattr(content_store, "_syncfs", syncfs)
-    big, small = tmp_path / "big.csv", tmp_path / "small.csv"
+    monkeypatch.setattr(content_store, "syncfs", syncfs)
+    big = tmp_path / "big.csv"
     big.write_bytes(csv_bytes(2 * MiB, seed=31))
-    small.write_bytes(csv_bytes(1000, seed=32))
+    smalls = [tmp_path / f"small{n}.csv" for n in range(20)]
+    for n, small in enumerate(smalls):
+        small.write_bytes(csv_bytes(1000 + n, seed=32 + n))
     with store.batch():
-        assert put_file(store, big).layout == "chunked"  # its pieces and recipe are fsynced one by one
-    assert calls == [], "nothing in the batch waited for its syncfs"
+        assert put_file(store, big).layout == "chunked"
+        assert {put_file(store, small).method for small in smalls} == {"copy"}
+        assert packs(store) == [], "nothing is named before the batch ends"
+    assert len(packs(store)) == 1
+    assert calls == [], "copies need no syncfs: the pack's own fsync covers them"
+    for small in smalls:
+        assert content(store, hash_file(small)[0]) == small.read_bytes()
     with store.batch():
-        assert put_file(store, small).method == "copy"
-    assert calls == [store.root]
-    with store.batch():
-        assert put_file(store, small).method == "present"
-    assert calls == [store.root]
+        assert put_file(store, smalls[0]).method == "present"
+    assert len(packs(store)) == 1 and calls == []
 
 
 def test_a_hardlinked_file_is_durable_before_it_is_named(
@@ -487,7 +519,7 @@ def test_a_hardlinked_file_is_durable_before_it_is_named(
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     one.write_bytes(csv_bytes(5000, seed=33))
     two.write_bytes(csv_bytes(5000, seed=34))
-    real_fsync, real_syncfs = os.fsync, content_store._syncfs
+    real_fsync, real_syncfs = os.fsync, content_store.syncfs
     synced: list[int] = []
     syncfs_calls: list[str] = []
 
@@ -500,7 +532,7 @@ def test_a_hardlinked_file_is_durable_before_it_is_named(
         real_syncfs(path)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(content_store, "_syncfs", syncfs)
+    monkeypatch.setattr(content_store, "syncfs", syncfs)
     assert put_file(store, one, "hardlink").method == "hardlink"
     assert one.stat().st_ino in synced, "outside a batch the linked file itself is fsynced"
     with store.batch():
@@ -526,7 +558,7 @@ def test_a_flipped_byte_in_a_blob_is_reported_and_never_read_back(store: Content
     path.write_bytes(csv_bytes(20_000, seed=13))
     result = put_file(store, path)
     assert store.verify() == []
-    _flip_a_byte(Path(store.root) / "blob" / result.hash[:2] / result.hash)
+    flip_stored_byte(store, "blob", result.hash, 100)
     problems = store.verify()
     assert [(p.digest, p.kind, p.obj) for p in problems] == [(result.hash, "damaged", f"blob/{result.hash}")]
     with pytest.raises(DamagedObjectError, match=result.hash):
@@ -541,7 +573,7 @@ def test_a_flipped_byte_in_a_shared_chunk_names_every_file_that_uses_it(store: C
     path.write_bytes(data + b"one more row\n")
     second = put_file(store, path)
     victim = sorted(_chunks_of(store, first.hash) & _chunks_of(store, second.hash))[0]
-    _flip_a_byte(Path(store.root) / "chunk" / victim[:2] / victim, 10)
+    flip_stored_byte(store, "chunk", victim, 10)
     problems = store.verify()
     assert sorted((p.digest, p.kind, p.obj) for p in problems) == sorted(
         (r.hash, "damaged", f"chunk/{victim}") for r in (first, second)
@@ -571,7 +603,7 @@ def test_a_damaged_recipe_is_reported(store: ContentStore, tmp_path: Path) -> No
     path = tmp_path / "f.csv"
     path.write_bytes(csv_bytes(2 * MiB, seed=16))
     result = put_file(store, path)
-    _flip_a_byte(Path(store.root) / "recipe" / result.hash[:2] / result.hash, 30)
+    flip_stored_byte(store, "recipe", result.hash, 30)
     assert [(p.digest, p.kind) for p in store.verify()] == [(result.hash, "damaged")]
     with pytest.raises(DamagedObjectError, match="recipe"):
         content(store, result.hash)
@@ -600,7 +632,7 @@ def test_deleting_a_version_keeps_the_chunks_another_version_shares(store: Conte
     assert not store.has(old.hash)
     assert content(store, new.hash) == path.read_bytes()
     assert store.verify() == []
-    left = {p.name for p in (Path(store.root) / "chunk").rglob("*") if p.is_file()}
+    left = {digest for digest, _size in store.backend.scan("chunk")}
     assert left == _chunks_of(store, new.hash)
     gone = store.gc(live=[])
     assert gone.objects == 1
@@ -662,6 +694,23 @@ _XFS_CHILD = textwrap.dedent(
         fh.write(b"X")
     with store.open_file(digest) as fh:
         assert fh.read() == b"a,b\\n" * 5000
+    assert store.verify() == []
+    # Above the chunk threshold too: cloned whole, no bytes written, and an append in place
+    # leaves the earlier clone as it was.
+    big = os.path.join(mnt, "big.csv")
+    with open(big, "wb") as fh:
+        fh.write(b"1,2,3\\n" * 100_000)
+    first, st = hash_file(big)
+    result = store.put(big, first, st.st_size, "reflink")
+    assert (result.method, result.layout, result.new_bytes) == ("reflink", "blob", 0), result
+    with open(big, "ab") as fh:
+        fh.write(b"4,5,6\\n" * 1000)
+    second, st = hash_file(big)
+    assert store.put(big, second, st.st_size, "reflink").method == "reflink"
+    with store.open_file(first) as fh:
+        assert fh.read() == b"1,2,3\\n" * 100_000
+    with store.open_file(second) as fh:
+        assert fh.read() == b"1,2,3\\n" * 100_000 + b"4,5,6\\n" * 1000
     assert store.verify() == []
     print("cloned and intact")
     """
@@ -798,3 +847,98 @@ def test_stats_count_objects_and_their_bytes(store: ContentStore, tmp_path: Path
     assert stats.chunks >= 2 * MiB // DEFAULT_PARAMS.max_size
     assert stats.bytes == 1000 + 2 * MiB + stats.recipe_bytes + stats.page_bytes
     assert xxhash.xxh3_128_hexdigest(content(store, hash_file(big)[0])) == hash_file(big)[0]
+
+
+# -- packs: index, recovery, compaction, version-1 stores ----------------------------------
+
+
+def _put_smalls(store: ContentStore, folder: Path, count: int, size: int = 3000) -> list[tuple[Path, str]]:
+    folder.mkdir(exist_ok=True)
+    out = []
+    with store.batch():
+        for n in range(count):
+            path = folder / f"f{n}.csv"
+            path.write_bytes(csv_bytes(size, seed=1000 + n))
+            out.append((path, put_file(store, path).hash))
+    return out
+
+
+def test_a_pack_left_out_of_the_index_is_indexed_on_open(store: ContentStore, tmp_path: Path) -> None:
+    files = _put_smalls(store, tmp_path / "src", 30)
+    chunked = tmp_path / "big.csv"
+    chunked.write_bytes(csv_bytes(2 * MiB, seed=40))
+    big = put_file(store, chunked)
+    store.backend.close()
+    # As after a crash between the pack's rename and its index commit: the index knows nothing.
+    for name in ("index.db", "index.db-wal", "index.db-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (Path(store.root) / name).unlink()
+    reopened = ContentStore(store.root, chunk_threshold=SMALL_THRESHOLD)
+    for path, digest in files:
+        assert content(reopened, digest) == path.read_bytes()
+    assert content(reopened, big.hash) == chunked.read_bytes()
+    assert reopened.verify(deep=True) == []
+
+
+def test_a_pack_that_is_gone_makes_its_objects_missing_and_they_are_stored_again(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    files = _put_smalls(store, tmp_path / "src", 5)
+    [pack] = packs(store)
+    pack.unlink()
+    reopened = ContentStore(store.root, chunk_threshold=SMALL_THRESHOLD)
+    assert not any(reopened.has(digest) for _path, digest in files)
+    path, digest = files[0]
+    assert put_file(reopened, path).method == "copy"
+    assert content(reopened, digest) == path.read_bytes()
+
+
+def test_gc_rewrites_mostly_dead_packs_and_gives_the_disk_back(store: ContentStore, tmp_path: Path) -> None:
+    files = _put_smalls(store, tmp_path / "src", 200, size=20_000)
+    [old_pack] = packs(store)
+    old_size = old_pack.stat().st_size
+    live = [digest for _path, digest in files[:20]]
+    result = store.gc(live)
+    assert result.objects == 180
+    assert result.bytes == 180 * 20_000
+    [new_pack] = packs(store)
+    assert new_pack != old_pack and not old_pack.exists()
+    assert old_size - new_pack.stat().st_size == result.disk_bytes >= 180 * 20_000
+    for path, digest in files[:20]:
+        assert content(store, digest) == path.read_bytes()
+    assert store.verify() == []
+    assert store.gc([]).objects == 20
+    assert packs(store) == [] and store.stats().bytes == 0
+
+
+def test_a_few_dead_objects_leave_their_pack_alone_until_half_of_it_is_dead(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    files = _put_smalls(store, tmp_path / "src", 10, size=20_000)
+    [pack] = packs(store)
+    result = store.gc([digest for _path, digest in files[2:]])
+    assert (result.objects, result.bytes, result.disk_bytes) == (2, 40_000, 0)
+    assert packs(store) == [pack]
+    assert not store.has(files[0][1]) and store.has(files[2][1])
+
+
+def test_a_version_1_store_of_loose_files_is_still_read_and_written(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    source = tmp_path / "old.csv"
+    source.write_bytes(b"id,v\n1,2\n")
+    digest, _st = hash_file(source)
+    (root / "blob" / digest[:2]).mkdir(parents=True)
+    (root / "blob" / digest[:2] / digest).write_bytes(source.read_bytes())
+    (root / "FORMAT").write_text("strandline-content-store 1\n")
+    store = ContentStore(root)
+    assert (root / "FORMAT").read_text() == "strandline-content-store 2\n"
+    assert put_file(store, source).method == "present"
+    assert content(store, digest) == b"id,v\n1,2\n"
+    newer = tmp_path / "new.csv"
+    newer.write_bytes(b"id,v\n3,4\n")
+    assert put_file(store, newer).method == "copy"
+    assert store.verify() == [] and store.stats().objects == 2
+    assert store.gc([hash_file(newer)[0]]).disk_bytes == len(b"id,v\n1,2\n")
+    (root / "FORMAT").write_text("strandline-content-store 3\n")
+    with pytest.raises(StoreError, match="cannot use"):
+        ContentStore(root)

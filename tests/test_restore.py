@@ -119,11 +119,15 @@ def _flip_stored_byte(store: ContentStore, digest: str) -> None:
 
         recipe = decode_recipe(store.backend.read("recipe", digest))
         digest = store._page(recipe.pages[-1], digest)[-1][0].hex()
-    path = Path(store.root) / kind / digest[:2] / digest
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    found = store.backend.locate(kind, digest)
+    assert found is not None
+    path, start, size = found
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:
+        fh.seek(start + size // 2)
+        byte = fh.read(1)
+        fh.seek(start + size // 2)
+        fh.write(bytes([byte[0] ^ 0x01]))
 
 
 @pytest.mark.parametrize("victim", ["small.csv", "big.csv"])

@@ -301,12 +301,14 @@ def test_a_corrupted_object_is_caught_by_verify_and_by_restore_which_leaves_the_
     strandline(cfg, "scan", "--no-publish")
     with Catalog(catalog_path(config), readonly=True) as catalog:
         digest = catalog.manifest("c", 1)["victim.bin"].hash
-    blob = store_path(config) / "blob" / digest[:2] / digest
-    blob.chmod(0o644)
+    found = ContentStore(store_path(config)).backend.locate("blob", digest)
+    assert found is not None
+    blob, start, _size = found
+    os.chmod(blob, 0o644)
     with open(blob, "r+b") as fh:  # one flipped byte, same size: only hashing can tell
-        fh.seek(5000)
+        fh.seek(start + 5000)
         byte = fh.read(1)
-        fh.seek(5000)
+        fh.seek(start + 5000)
         fh.write(bytes([byte[0] ^ 0xFF]))
 
     checked = strandline(cfg, "verify", "--json", check=False)
