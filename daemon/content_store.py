@@ -365,6 +365,10 @@ class Backend(Protocol):
         """The object's size, or None when it does not exist."""
         ...
 
+    def stored(self, digest: str) -> tuple[Kind, int] | None:
+        """How a file's content is stored: (``blob`` or ``recipe``, its size), or None."""
+        ...
+
     def append(self, kind: Kind, digest: str, data: bytes | memoryview) -> None:
         """Add a whole object (a chunk, a page, a recipe)."""
         ...
@@ -537,6 +541,7 @@ class LocalBackend:
             for sub in (*KINDS, "tmp", "packs"):
                 os.makedirs(os.path.join(self.root, sub), exist_ok=True)
             self._check_format()
+            self._loose: set[Kind] = {kind for kind in KINDS if _has_subfolder(os.path.join(self.root, kind))}
             self.index = PackIndex(os.path.join(self.root, "index.db"))
             self.removed_temps = self._clean_temps()
             reconcile(self.index, self.packs_dir)
@@ -645,17 +650,41 @@ class LocalBackend:
             self._dirty.add(os.path.dirname(folder))
         os.rename(temp, final)
         self._dirty.add(folder)
+        self._loose.add(kind)
 
     def locate(self, kind: Kind, digest: str) -> tuple[str, int, int] | None:
         """(file, offset, size) of an object's bytes, or None when it is not stored."""
         raw = bytes.fromhex(digest)
         if self._pack is not None and (found := self._pack.pending.get((kind, raw))) is not None:
+            self._pack.drain()
             return self._pack.temp, found.offset, found.size
         if (found := self.index.lookup(kind, raw)) is not None:
             return self.pack_path(found.pack), found.offset, found.size
-        path = self.path(kind, digest)
+        size = self._loose_size(kind, digest)
+        return (self.path(kind, digest), 0, size) if size is not None else None
+
+    def stored(self, digest: str) -> tuple[Kind, int] | None:
+        """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query."""
+        raw = bytes.fromhex(digest)
+        if self._pack is not None:
+            for kind in _FILE_KINDS:
+                if (found := self._pack.pending.get((kind, raw))) is not None:
+                    return kind, found.size
+        if (hit := self.index.lookup_file(raw)) is not None:
+            return hit[0], hit[1].size
+        for kind in _FILE_KINDS:
+            if (size := self._loose_size(kind, digest)) is not None:
+                return kind, size
+        return None
+
+    def _loose_size(self, kind: Kind, digest: str) -> int | None:
+        # A store without loose objects of a kind (no clone, link or version-1 object yet) skips
+        # the stat: it would cost one per file looked up. Loose objects appear only through this
+        # backend's ``install``, or through another process (seen when the store is opened again).
+        if kind not in self._loose:
+            return None
         try:
-            return path, 0, os.stat(path).st_size
+            return os.stat(self.path(kind, digest)).st_size
         except FileNotFoundError:
             return None
 
@@ -859,6 +888,11 @@ class LocalBackend:
                 fsync_dir(folder)
 
 
+def _has_subfolder(path: str) -> bool:
+    with os.scandir(path) as entries:
+        return any(entry.is_dir(follow_symlinks=False) for entry in entries)
+
+
 def _is_full(exc: OSError | sqlite3.Error) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in _FULL
@@ -990,8 +1024,10 @@ class ContentStore:
         ``batch`` (named, but its data never reached the disk) does not count as stored.
         """
         _check_digest(digest)
-        blob = self.backend.size("blob", digest)
-        if blob is not None and (size is None or blob == size):
+        found = self.backend.stored(digest)
+        if found is None:
+            return False
+        if found[0] == "recipe" or size is None or found[1] == size:
             return True
         return self.backend.size("recipe", digest) is not None
 
@@ -1042,10 +1078,8 @@ class ContentStore:
         digest = _check_digest(expected_hash)
         if mode not in ("copy", "reflink", "hardlink"):
             raise ValueError(f"unknown put mode {mode!r}; use copy, reflink or hardlink")
-        if self.backend.size("blob", digest) == size:
-            return PutResult(digest, size, "blob", "present", 0)
-        if self.backend.size("recipe", digest) is not None:
-            return PutResult(digest, size, "chunked", "present", 0)
+        if (present := self._present(digest, size)) is not None:
+            return present
         name = os.fspath(path)
         fd, st = _open_source(name)
         try:
@@ -1068,6 +1102,38 @@ class ContentStore:
             os.close(fd)
             self._end_put()
 
+    def put_bytes(self, data: bytes, expected_hash: str, *, name: str = "bytes") -> PutResult:
+        """Store ``data``, which must hash to ``expected_hash`` (a small file read once while fingerprinted).
+
+        As ``put`` by copy, for files up to ``chunk_threshold``; raises ``SourceChangedError``
+        when the bytes do not hash to ``expected_hash``.
+        """
+        digest = _check_digest(expected_hash)
+        size = len(data)
+        if size > self.chunk_threshold:
+            raise ValueError(f"put_bytes takes files up to {self.chunk_threshold} bytes, not {size}")
+        if (present := self._present(digest, size)) is not None:
+            return present
+        got = xxhash.xxh3_128_hexdigest(data)
+        if got != digest:
+            raise _changed(name, f"its bytes hash to {got}, expected {digest}")
+        try:
+            self.backend.append("blob", digest, data)
+            self.backend.flush()
+        finally:
+            self._end_put()
+        return PutResult(digest, size, "blob", "copy", size)
+
+    def _present(self, digest: str, size: int) -> PutResult | None:
+        found = self.backend.stored(digest)
+        if found is None:
+            return None
+        if found == ("blob", size):
+            return PutResult(digest, size, "blob", "present", 0)
+        if found[0] == "recipe" or self.backend.size("recipe", digest) is not None:
+            return PutResult(digest, size, "chunked", "present", 0)
+        return None  # a blob cut short by a crash in a batch: stored again
+
     def put_stream(self, stream: Readable, expected_hash: str, size: int, *, name: str = "a stream") -> PutResult:
         """Store ``size`` bytes read from ``stream`` (an object's GET, a pipe) that must hash to ``expected_hash``.
 
@@ -1076,10 +1142,8 @@ class ContentStore:
         expected ones, ``UnreadableDataError`` when the stream raises ``OSError``.
         """
         digest = _check_digest(expected_hash)
-        if self.backend.size("blob", digest) == size:
-            return PutResult(digest, size, "blob", "present", 0)
-        if self.backend.size("recipe", digest) is not None:
-            return PutResult(digest, size, "chunked", "present", 0)
+        if (present := self._present(digest, size)) is not None:
+            return present
         reader = _SourceReader(stream.readinto, name)
         try:
             if size > self.chunk_threshold:
@@ -1260,11 +1324,10 @@ class ContentStore:
         must treat everything it received as void when the iteration raises.
         """
         _check_digest(digest)
-        if self.backend.size("blob", digest) is not None:
-            return self._iter_blob(digest)
-        if self.backend.size("recipe", digest) is not None:
-            return self._iter_recipe(digest)
-        raise ObjectMissingError(f"no content stored for hash {digest}")
+        found = self.backend.stored(digest)
+        if found is None:
+            raise ObjectMissingError(f"no content stored for hash {digest}")
+        return self._iter_blob(digest) if found[0] == "blob" else self._iter_recipe(digest)
 
     def open_file(self, digest: str) -> io.BufferedReader:
         """A binary stream of the stored bytes of ``digest``, checked as by ``iter_content``."""

@@ -47,7 +47,7 @@ from daemon.content_store import (
 )
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.manifest import FileState
-from daemon.sources import Source
+from daemon.sources import LocalSource, Source
 from schemas.config import SnapshotPolicy, is_bucket_url
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class Snapshotter:
         self.mode: PutMode | None = None if policy == "none" else "copy"  # settled when the store opens
         self._store: ContentStore | None = None
         self._warned: set[str] = set()
+        self._copies_small_files()
 
     @property
     def policy(self) -> str:
@@ -144,7 +145,14 @@ class Snapshotter:
         if self._store is None:
             self._store = ContentStore(self.store_root)
             self.mode = resolve_policy(self.wanted, self.store_root, self.source)
+            self._copies_small_files()
         return self._store
+
+    def _copies_small_files(self) -> None:
+        # A local source keeps the bytes of the small files it fingerprints for us to copy;
+        # clones and links read nothing, so they need none kept.
+        if isinstance(self.source, LocalSource):
+            self.source.keep_small_files = self.mode == "copy"
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -205,6 +213,7 @@ class Snapshotter:
         except ReflinkUnsupportedError as exc:
             self._warn_once("reflink", f"cannot clone into {self.store.root} ({exc}); copying instead")
             self.mode = "copy"  # the filesystem pair cannot clone at all: don't try per file
+            self._copies_small_files()
         except HardlinkUnsupportedError as exc:
             self._warn_once(rel, f"cannot hard-link {rel} ({exc}); copying it instead")
         return self.source.keep_bytes(rel, state, self.store, "copy")

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from daemon.filters import PathFilter
-from daemon.fingerprint import ChangedWhileReadingError, hash_file
+from daemon.fingerprint import ChangedWhileReadingError, hash_file_keeping
 from daemon.manifest import FileState
 from daemon.restore import restoring_pid
 from daemon.scanner import FileStat, OnReject, Rejection, stat_error, stat_paths, walk
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 # A local file modified this recently may change again within the same mtime tick; its stat is
 # not trusted for the cache ("racy git"), so it is simply re-hashed next time.
 _RACY_NS = 50_000_000
+# Small files' bytes kept between fingerprint and snapshot: up to this size each, this much a pass.
+_KEEP_FILE = 64 * 1024
+_KEEP_TOTAL = 128 * 1024 * 1024
 
 
 class Source(Protocol):
@@ -100,6 +103,11 @@ class LocalSource:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
+        # Set while the dataset's versions are snapshotted by copy: the bytes of small files read
+        # to fingerprint them are kept for the pass, and stored from memory (``keep_bytes``).
+        self.keep_small_files = False
+        self._kept: dict[str, tuple[str, bytes]] = {}
+        self._kept_bytes = 0
 
     @property
     def location(self) -> str:
@@ -131,24 +139,35 @@ class LocalSource:
         return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
     def fingerprint(self, rel: str, fs: FileStat, *, keep: bool) -> FileState | Rejection | None:
+        limit = -1
+        if self.keep_small_files and self._kept_bytes + fs.size <= _KEEP_TOTAL:
+            limit = _KEEP_FILE
         try:
-            digest, st = hash_file(os.path.join(self.root, rel))
+            digest, st, data = hash_file_keeping(os.path.join(self.root, rel), limit)
         except ChangedWhileReadingError:
             raise
         except FileNotFoundError:
             return None  # removed after the listing; its delete event follows
         except OSError as exc:
             return stat_error(rel, exc)
+        if data is not None:
+            self._kept[rel] = (digest, data)
+            self._kept_bytes += len(data)
         return FileState(st.st_size, digest, st.st_mtime_ns, st.st_ino)
 
     def table_path(self, rel: str, state: FileState) -> str:
         return os.path.join(self.root, rel)
 
     def finish_pass(self) -> None:
-        return None
+        self._kept.clear()
+        self._kept_bytes = 0
 
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
-        return store.put(os.path.join(self.root, rel), state.hash, state.size, mode)
+        path = os.path.join(self.root, rel)
+        kept = self._kept.pop(rel, None)
+        if kept is not None and mode == "copy" and kept[0] == state.hash:
+            return store.put_bytes(kept[1], state.hash, name=path)
+        return store.put(path, state.hash, state.size, mode)
 
 
 def open_source(location: str, *, spool_dir: str, settings: StoreSettings) -> Source:

@@ -60,6 +60,8 @@ RECORD_MAGIC: Final = b"SLRE"
 # Writeback of a pack being written is started every this many bytes (sync_file_range), so the
 # fsync that seals it waits for the tail only, not for the whole pack.
 WRITEBACK_STEP: Final = 8 * 1024 * 1024
+# Records smaller than this are buffered in memory and written to the pack file together.
+WRITE_BUFFER: Final = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (
@@ -106,6 +108,16 @@ class PackIndex:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def lookup_file(self, digest: bytes) -> tuple[Kind, Location] | None:
+        """Where the content of a file is: its blob, else its recipe."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT kind, pack, offset, size FROM objects WHERE kind IN (1, 2) AND digest = ? "
+                "ORDER BY kind LIMIT 1",
+                (digest,),
+            ).fetchone()
+        return (CODE_KINDS[row[0]], Location(*row[1:])) if row else None
 
     def lookup(self, kind: Kind, digest: bytes) -> Location | None:
         with self._lock:
@@ -230,7 +242,11 @@ class PackWriter:
         self.fd: int | None = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         self.pending: dict[tuple[Kind, bytes], Location] = {}
         self.rows: list[Row] = []
-        self.size = 0
+        self.size = 0  # of the pack so far, buffer included
+        # Small records are gathered here and written together: 20,000 small files are then
+        # ~100 writes, not 40,000. ``_written`` is where the buffer starts in the file.
+        self._buffer = bytearray()
+        self._written = 0
         self._hinted = 0
         try:
             self._write(PACK_HEADER)
@@ -239,15 +255,40 @@ class PackWriter:
             raise
 
     def _write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        if len(data) < WRITE_BUFFER:
+            self._buffer += data
+            self.size += len(data)
+            if len(self._buffer) >= WRITE_BUFFER:
+                self.drain()
+            return
+        self.drain()
+        self._pwrite(memoryview(data))
+        self.size = self._written
+
+    def _pwrite(self, view: memoryview) -> None:
         fd = self.fileno()
         while view:
-            n = os.pwrite(fd, view, self.size)
+            n = os.pwrite(fd, view, self._written)
             view = view[n:]
-            self.size += n
-        if self._hint is not None and self.size - self._hinted >= WRITEBACK_STEP:
-            self._hint(fd, self._hinted, self.size - self._hinted)  # a hint: failures surface at the fsync
-            self._hinted = self.size
+            self._written += n
+        if self._hint is not None and self._written - self._hinted >= WRITEBACK_STEP:
+            self._hint(fd, self._hinted, self._written - self._hinted)  # a hint: failures surface at the fsync
+            self._hinted = self._written
+
+    def drain(self) -> None:
+        """Write the buffered records to the file."""
+        if self._buffer:
+            buffer, self._buffer = self._buffer, bytearray()
+            try:
+                self._pwrite(memoryview(buffer))
+            except BaseException:
+                # What did not reach the file is lost, with the records it held (of earlier puts too).
+                self.size = self._written
+                lost = [row for row in self.rows if row[2] + row[3] > self._written]
+                for kind, digest, _offset, _size in lost:
+                    self.pending.pop((kind, digest), None)
+                self.rows = self.rows[: len(self.rows) - len(lost)]
+                raise
 
     def fileno(self) -> int:
         if self.fd is None:
@@ -284,7 +325,12 @@ class PackWriter:
         """Forget every record from ``mark`` on (the put that wrote them failed)."""
         if self.fd is None or mark >= self.size:
             return
-        os.ftruncate(self.fd, mark)
+        if mark >= self._written:
+            del self._buffer[mark - self._written :]
+        else:
+            self._buffer.clear()
+            os.ftruncate(self.fd, mark)
+            self._written = mark
         self.size = mark
         self._hinted = min(self._hinted, mark)
         keep = [row for row in self.rows if row[2] < mark]
@@ -294,10 +340,12 @@ class PackWriter:
 
     def pread(self, location: Location) -> BinaryIO:
         """A reader of a pending object's bytes."""
+        self.drain()
         return cast(BinaryIO, RangeReader(os.dup(self.fileno()), location.offset, location.size))
 
     def seal(self, packs_dir: str) -> str:
         """Fsync, close and rename the pack into ``packs_dir``; the path it now has."""
+        self.drain()
         fd = self.fileno()
         os.fsync(fd)
         self.fd = None

@@ -361,14 +361,14 @@ def test_a_full_disk_raises_store_full_and_keeps_nothing(
     writes = 0
 
     def write_until_full(fd: int, payload: bytes | memoryview, offset: int) -> int:
-        # Only the store's temp files run out of space, after a few chunks went through.
+        # Only the store's temp files run out of space, after the first 1 MiB of chunks went through.
         nonlocal writes
         target = ""
         with contextlib.suppress(OSError):
             target = os.readlink(f"/proc/self/fd/{fd}")
         if target.startswith(tmp_dir):
             writes += 1
-            if writes > 5 or size < SMALL_THRESHOLD:
+            if writes > 1 or size < SMALL_THRESHOLD:
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, payload, offset)
 
@@ -942,3 +942,79 @@ def test_a_version_1_store_of_loose_files_is_still_read_and_written(tmp_path: Pa
     (root / "FORMAT").write_text("strandline-content-store 3\n")
     with pytest.raises(StoreError, match="cannot use"):
         ContentStore(root)
+
+
+def test_a_full_disk_in_the_middle_of_a_batch_never_leaves_a_file_stored_without_its_bytes(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Injected ENOSPC on the pack's second write: the first MiB of records reached the file,
+    # the records gathered after it (of puts that had already returned) did not.
+    folder = tmp_path / "src"
+    folder.mkdir()
+    sources = []
+    for n in range(400):
+        path = folder / f"f{n}.csv"
+        path.write_bytes(csv_bytes(6000, seed=5000 + n))
+        sources.append(path)
+    real_pwrite = os.pwrite
+    calls = 0
+
+    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    returned = []
+    with pytest.raises(StoreFullError), store.batch():
+        for path in sources:
+            returned.append(put_file(store, path).hash)
+    monkeypatch.undo()
+    assert 150 < len(returned) < 400
+    kept = [digest for digest in returned if store.has(digest)]
+    assert 0 < len(kept) < len(returned), "some records reached the disk, the later ones did not"
+    for digest in kept:
+        assert xxhash.xxh3_128_hexdigest(content(store, digest)) == digest
+    assert store.verify() == []
+
+
+def test_put_bytes_stores_exactly_the_bytes_that_hash_to_the_digest(store: ContentStore) -> None:
+    data = csv_bytes(5000, seed=70)
+    digest = xxhash.xxh3_128_hexdigest(data)
+    with pytest.raises(SourceChangedError):
+        store.put_bytes(data[:-1] + b"!", digest)
+    assert not store.has(digest) and packs(store) == []
+    assert store.put_bytes(data, digest).method == "copy"
+    assert store.put_bytes(data, digest).method == "present"
+    assert content(store, digest) == data
+
+
+def test_a_local_source_stores_the_small_file_bytes_it_hashed_not_what_the_file_became(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    from daemon.manifest import FileState
+    from daemon.scanner import FileStat
+    from daemon.sources import LocalSource
+
+    for keep in (True, False):
+        root = tmp_path / f"data-{keep}"
+        root.mkdir()
+        original = csv_bytes(3000, seed=71 if keep else 72)
+        (root / "t.csv").write_bytes(original)
+        source = LocalSource(str(root))
+        source.keep_small_files = keep
+        st = (root / "t.csv").stat()
+        state = source.fingerprint("t.csv", FileStat(st.st_size, st.st_mtime_ns, st.st_ino), keep=False)
+        assert isinstance(state, FileState)
+        (root / "t.csv").write_bytes(original[:-1] + b"!")  # rewritten between fingerprint and snapshot
+        if keep:
+            # The bytes read to fingerprint it are the version's bytes: they are what is stored.
+            assert source.keep_bytes("t.csv", state, store, "copy").method == "copy"
+            assert content(store, state.hash) == original
+        else:
+            with pytest.raises(SourceChangedError):
+                source.keep_bytes("t.csv", state, store, "copy")
+            assert not store.has(state.hash)
+        source.finish_pass()
