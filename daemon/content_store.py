@@ -101,7 +101,7 @@ import stat
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Literal, NoReturn, Protocol
@@ -535,6 +535,7 @@ class LocalBackend:
         self.batching = False
         self.unsynced = 0
         self._pack: PackWriter | None = None
+        self._absent: set[bytes] = set()  # not stored, as ``missing`` found in this batch
         self._readers = PackReaders(self.packs_dir)
         self._loose_freed = 0
         try:
@@ -670,12 +671,35 @@ class LocalBackend:
             for kind in _FILE_KINDS:
                 if (found := self._pack.pending.get((kind, raw))) is not None:
                     return kind, found.size
+        if raw in self._absent:
+            return None
         if (hit := self.index.lookup_file(raw)) is not None:
             return hit[0], hit[1].size
         for kind in _FILE_KINDS:
             if (size := self._loose_size(kind, digest)) is not None:
                 return kind, size
         return None
+
+    def missing(self, wanted: Mapping[str, int]) -> set[str]:
+        """Of ``wanted`` (hash: size), the hashes whose content is not stored; batched index queries.
+
+        In a batch the answer is remembered until it ends, so the puts that follow skip their
+        own lookup (a query per file was an eighth of snapshotting 20,000 small files).
+        """
+        raws = {bytes.fromhex(digest): size for digest, size in wanted.items()}
+        found = self.index.files_present(list(raws))
+        absent: set[str] = set()
+        for raw, size in raws.items():
+            hit = found.get(raw)
+            if hit is not None and (hit[0] == "recipe" or hit[1] == size):
+                continue
+            digest = raw.hex()
+            if self._loose and self.stored(digest) is not None:
+                continue
+            absent.add(digest)
+        if self.batching:
+            self._absent.update(bytes.fromhex(digest) for digest in absent)
+        return absent
 
     def _loose_size(self, kind: Kind, digest: str) -> int | None:
         # A store without loose objects of a kind (no clone, link or version-1 object yet) skips
@@ -881,6 +905,7 @@ class LocalBackend:
         """Seal the pack being written and make new folders durable (not inside a batch: it does that once)."""
         if self.batching:
             return
+        self._absent.clear()
         self.seal()
         dirty, self._dirty = self._dirty, set()
         for folder in sorted(dirty):
@@ -1030,6 +1055,13 @@ class ContentStore:
         if found[0] == "recipe" or size is None or found[1] == size:
             return True
         return self.backend.size("recipe", digest) is not None
+
+    def missing(self, wanted: Mapping[str, int]) -> set[str]:
+        """Of ``wanted`` (hash: size), the hashes not stored yet; use it before many puts in a batch."""
+        for digest in wanted:
+            _check_digest(digest)
+        with self.backend.storing("a lookup"):
+            return self.backend.missing(wanted)
 
     @contextmanager
     def batch(self) -> Iterator[None]:

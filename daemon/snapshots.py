@@ -177,11 +177,12 @@ class Snapshotter:
         except StoreError as exc:
             return self.failed(f"the content store cannot be opened ({exc})")
         files = stored = 0
-        # A local file's put looks for its hash first, as has() does, without opening the file:
-        # asking has() before it would stat the store twice more per file. A bucket's would GET first.
-        ask_first = is_bucket_url(self.source.location)
+        try:
+            absent = store.missing({state.hash: state.size for state in states.values()})
+        except StoreError as exc:
+            return self.failed(f"the content store failed ({exc}): check {store.root}")
         for rel, state in states.items():
-            if ask_first and store.has(state.hash, state.size):
+            if state.hash not in absent:
                 continue
             try:
                 result = self._put(rel, state)

@@ -60,6 +60,8 @@ RECORD_MAGIC: Final = b"SLRE"
 # Writeback of a pack being written is started every this many bytes (sync_file_range), so the
 # fsync that seals it waits for the tail only, not for the whole pack.
 WRITEBACK_STEP: Final = 8 * 1024 * 1024
+# Digests asked about in one query (SQLite allows 32,766 parameters).
+_QUERY_BATCH: Final = 500
 # Records smaller than this are buffered in memory and written to the pack file together.
 WRITE_BUFFER: Final = 1024 * 1024
 
@@ -118,6 +120,21 @@ class PackIndex:
                 (digest,),
             ).fetchone()
         return (CODE_KINDS[row[0]], Location(*row[1:])) if row else None
+
+    def files_present(self, digests: list[bytes]) -> dict[bytes, tuple[Kind, int]]:
+        """Of ``digests``, those stored as a file's content: (``blob`` or ``recipe``, size); batched queries."""
+        found: dict[bytes, tuple[Kind, int]] = {}
+        with self._lock:
+            for start in range(0, len(digests), _QUERY_BATCH):
+                part = digests[start : start + _QUERY_BATCH]
+                marks = ",".join("?" * len(part))  # only placeholders are formatted in
+                query = f"SELECT kind, digest, size FROM objects WHERE kind IN (1, 2) AND digest IN ({marks})"  # noqa: S608
+                rows = self._db.execute(query, part).fetchall()
+                for code, digest, size in rows:
+                    kind = CODE_KINDS[code]
+                    if bytes(digest) not in found or kind == "blob":
+                        found[bytes(digest)] = (kind, size)
+        return found
 
     def lookup(self, kind: Kind, digest: bytes) -> Location | None:
         with self._lock:

@@ -75,6 +75,8 @@ _SUFFIXES: Final[tuple[tuple[str, Format], ...]] = (
     (".orc", "orc"),
 )
 
+_ALL_SUFFIXES: Final = tuple(suffix for suffix, _fmt in _SUFFIXES)
+
 BATCH_ROWS: Final = 131_072
 # Text formats infer their types from the first block, so a bigger block guesses better; 4 MiB
 # keeps a block's table well under the memory of a Parquet row group.
@@ -95,6 +97,8 @@ def detect_format(path: str, override: Format | None = None) -> Format | None:
     if override is not None:
         return override
     name = path.lower()
+    if not name.endswith(_ALL_SUFFIXES):  # one C call for the many files that are not tables
+        return None
     return next((fmt for suffix, fmt in _SUFFIXES if name.endswith(suffix)), None)
 
 

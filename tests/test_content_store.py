@@ -1018,3 +1018,20 @@ def test_a_local_source_stores_the_small_file_bytes_it_hashed_not_what_the_file_
                 source.keep_bytes("t.csv", state, store, "copy")
             assert not store.has(state.hash)
         source.finish_pass()
+
+
+def test_missing_names_what_is_not_stored_and_a_batch_then_stores_it_without_asking_again(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    files = _put_smalls(store, tmp_path / "old", 3)
+    new = tmp_path / "new.csv"
+    new.write_bytes(csv_bytes(4000, seed=80))
+    new_hash, st = hash_file(new)
+    wanted = {digest: path.stat().st_size for path, digest in files} | {new_hash: st.st_size}
+    wanted[files[0][1]] += 1  # a blob of another size does not count as stored
+    with store.batch():
+        assert store.missing(wanted) == {new_hash, files[0][1]}
+        assert put_file(store, new).method == "copy"
+        assert put_file(store, new).method == "present", "the batch's own puts are seen"
+    assert store.missing(wanted) == {files[0][1]}
+    assert content(store, new_hash) == new.read_bytes()
