@@ -37,11 +37,13 @@ Put modes:
 
 - ``copy``: read the file once, hash it while appending it to the pack (or chunking it), keep
   it if it matches.
-- ``reflink``: ``FICLONE`` the whole file, whatever its size, into a temp file (copy-on-write:
-  shares the extents, writes no data), check the hash, name it. A file that grows by appends in
-  place keeps sharing its old extents with the earlier clones, so an append costs about the
-  appended bytes there too; a file rewritten whole costs a full copy per version (as with DVC).
-  ``ReflinkUnsupportedError`` when the filesystem cannot clone (ext4, tmpfs, another
+- ``reflink``: a file above ``chunk_threshold`` is cloned whole (``FICLONE``) into a temp file
+  (copy-on-write: shares the extents, writes no data), its hash checked, and named. A file that
+  grows by appends in place keeps sharing its old extents with the earlier clones, so an append
+  costs about the appended bytes there too; a file rewritten whole costs a full copy per
+  version (as with DVC). Smaller files are copied into packs: a clone would cost a file of its
+  own and a flush of the source to save a few KiB. ``clone_to`` clones a stored clone back out
+  (restore). ``ReflinkUnsupportedError`` when the filesystem cannot clone (ext4, tmpfs, another
   filesystem); ``reflink_supported(dir)`` probes. The caller's policy: reflink where
   supported, else copy.
 - ``hardlink``: link the file into the store, then take the write bits off the shared inode
@@ -701,6 +703,11 @@ class LocalBackend:
             self._absent.update(bytes.fromhex(digest) for digest in absent)
         return absent
 
+    @property
+    def loose_kinds(self) -> frozenset[Kind]:
+        """Kinds of which this store has objects as files of their own (clones, links, version 1)."""
+        return frozenset(self._loose)
+
     def _loose_size(self, kind: Kind, digest: str) -> int | None:
         # A store without loose objects of a kind (no clone, link or version-1 object yet) skips
         # the stat: it would cost one per file looked up. Loose objects appear only through this
@@ -727,8 +734,10 @@ class LocalBackend:
 
     def append(self, kind: Kind, digest: str, data: bytes | memoryview) -> None:
         pack = self.pack_for(len(data))
-        with self.storing(f"{kind} {digest}"):
+        try:  # not ``storing()``: a context manager per object was 6 % of snapshotting small files
             pack.append(kind, bytes.fromhex(digest), data)
+        except OSError as exc:
+            self.raise_store_error(exc, f"{kind} {digest}")
 
     def pack_mark(self) -> tuple[str, int] | None:
         """Where the pack being written ends now (to ``rewind_pack`` to if a put fails)."""
@@ -1123,13 +1132,16 @@ class ContentStore:
                 if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                     raise _changed(name, "its size or mtime moved")
 
-            if mode == "reflink":
+            if mode == "reflink" and size > self.chunk_threshold:
                 return self._put_reflink(fd, st, name, digest, unchanged)
             if size > self.chunk_threshold:
                 return self._put_chunked(_SourceReader.of_fd(fd, name), name, digest, size, unchanged)
-            if mode == "copy":
-                return self._put_copy(_SourceReader.of_fd(fd, name), name, digest, size, unchanged)
-            return self._put_hardlink(fd, st, name, digest, unchanged)
+            if mode == "hardlink":
+                return self._put_hardlink(fd, st, name, digest, unchanged)
+            # Copy, and reflink below the threshold: a clone of a small file costs a file of its
+            # own and the flush of the source (20,000 clones of 1-8 KiB took 11 s, 1.4x dvc's
+            # time), while its bytes cost next to nothing in a pack.
+            return self._put_copy(_SourceReader.of_fd(fd, name), name, digest, size, unchanged)
         finally:
             os.close(fd)
             self._end_put()
@@ -1360,6 +1372,36 @@ class ContentStore:
         if found is None:
             raise ObjectMissingError(f"no content stored for hash {digest}")
         return self._iter_blob(digest) if found[0] == "blob" else self._iter_recipe(digest)
+
+    def clone_to(self, digest: str, fd: int) -> bool:
+        """Make the empty file ``fd`` a copy-on-write clone of ``digest``'s bytes, checked; False when it cannot.
+
+        Only content kept as a file of its own (a clone) can be cloned out, and only onto the
+        same reflink-capable filesystem. The clone is hashed before this returns True: a damaged
+        object raises ``DamagedObjectError`` as ``iter_content`` would.
+        """
+        _check_digest(digest)
+        if self.backend.stored(digest) is None or "blob" not in self.backend.loose_kinds:
+            return False
+        path = self.backend.path("blob", digest)
+        try:
+            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # packed, not loose
+        try:
+            size = os.fstat(src).st_size
+            try:
+                fcntl.ioctl(fd, FICLONE, src)
+            except OSError as exc:
+                if exc.errno in _NO_REFLINK:
+                    return False
+                raise DamagedObjectError(f"stored content {digest} cannot be cloned: {exc}") from exc
+        finally:
+            os.close(src)
+        got = hash_fd(fd, size)
+        if got != digest:
+            raise DamagedObjectError(f"stored content {digest} is damaged: its bytes now hash to {got}")
+        return True
 
     def open_file(self, digest: str) -> io.BufferedReader:
         """A binary stream of the stored bytes of ``digest``, checked as by ``iter_content``."""

@@ -71,6 +71,8 @@ STAGING_PREFIX: Final = ".strandline-restore-"
 RESTORING_MARKER: Final = ".strandline-restoring"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Files above this are cloned out of the store where it kept them as clones (reflink), not copied.
+_CLONE_ABOVE: Final = 1024 * 1024
 
 Parts = tuple[str, ...]
 
@@ -291,9 +293,17 @@ def _still_to_write(
 
 
 def _stage(store: ContentSource, staging_fd: int, index: int, entry: _Entry) -> int:
-    fd = os.open(str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=staging_fd)
+    fd = os.open(str(index), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=staging_fd)
     written = 0
     try:
+        clone_to = getattr(store, "clone_to", None)
+        if entry.size > _CLONE_ABOVE and clone_to is not None and clone_to(entry.digest, fd):
+            # Shares the store's extents: no bytes written (reflink stores), checked all the same.
+            if os.fstat(fd).st_size != entry.size:
+                raise RestoreError(
+                    f"cannot restore {entry.rel!r}: the store holds a different size than the manifest's"
+                )
+            return entry.size
         for part in store.iter_content(entry.digest):
             view = memoryview(part)
             written += len(view)

@@ -149,10 +149,10 @@ class Snapshotter:
         return self._store
 
     def _copies_small_files(self) -> None:
-        # A local source keeps the bytes of the small files it fingerprints for us to copy;
-        # clones and links read nothing, so they need none kept.
+        # A local source keeps the bytes of the small files it fingerprints for us to copy (in
+        # copy and reflink modes: small files are copied into packs); links read nothing.
         if isinstance(self.source, LocalSource):
-            self.source.keep_small_files = self.mode == "copy"
+            self.source.keep_small_files = self.mode in ("copy", "reflink")
 
     @contextmanager
     def batch(self) -> Iterator[None]:

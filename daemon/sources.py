@@ -165,7 +165,7 @@ class LocalSource:
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
         path = os.path.join(self.root, rel)
         kept = self._kept.pop(rel, None)
-        if kept is not None and mode == "copy" and kept[0] == state.hash:
+        if kept is not None and mode != "hardlink" and kept[0] == state.hash:  # small files are copied
             return store.put_bytes(kept[1], state.hash, name=path)
         return store.put(path, state.hash, state.size, mode)
 

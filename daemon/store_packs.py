@@ -149,9 +149,10 @@ class PackIndex:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("INSERT OR REPLACE INTO packs (name, size) VALUES (?, ?)", (name, size))
+                # In key order: inserting 20,000 random hashes into the B-tree in order is faster.
                 self._db.executemany(
                     "INSERT OR IGNORE INTO objects (kind, digest, pack, offset, size) VALUES (?, ?, ?, ?, ?)",
-                    ((KIND_CODES[k], d, name, o, s) for k, d, o, s in rows),
+                    sorted((KIND_CODES[k], d, name, o, s) for k, d, o, s in rows),
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -664,15 +664,18 @@ def test_reflink_probe_answers_and_copy_is_the_fallback(store: ContentStore, tmp
     assert isinstance(supported, bool)
     assert [p.name for p in Path(store.root).iterdir() if p.name.startswith(".reflink")] == []
     path = tmp_path / "f.csv"
-    path.write_bytes(b"id,v\n1,2\n")
+    path.write_bytes(csv_bytes(SMALL_THRESHOLD + 1, seed=60))  # above the threshold: cloned, not copied
     if supported:
         assert put_file(store, path, "reflink").method == "reflink"
         return
     with pytest.raises(ReflinkUnsupportedError, match="reflink not supported"):
         put_file(store, path, "reflink")
     assert object_files(Path(store.root)) == []
-    assert put_file(store, path, "copy").method == "copy"
-    assert content(store, hash_file(path)[0]) == b"id,v\n1,2\n"
+    assert put_file(store, path, "copy").method == "chunked"
+    assert content(store, hash_file(path)[0]) == path.read_bytes()
+    small = tmp_path / "small.csv"
+    small.write_bytes(b"id,v\n1,2\n")
+    assert put_file(store, small, "reflink").method == "copy", "small files go to a pack in every mode but hardlink"
 
 
 _XFS_CHILD = textwrap.dedent(
@@ -689,7 +692,7 @@ _XFS_CHILD = textwrap.dedent(
         fh.write(b"a,b\\n" * 5000)
     digest, st = hash_file(path)
     result = store.put(path, digest, st.st_size, "reflink")
-    assert (result.method, result.new_bytes) == ("reflink", 0), result
+    assert (result.method, result.new_bytes) == ("copy", 20000), "below the threshold: copied into a pack"
     with open(path, "r+b") as fh:  # an in-place edit of the user's file
         fh.write(b"X")
     with store.open_file(digest) as fh:
@@ -712,6 +715,23 @@ _XFS_CHILD = textwrap.dedent(
     with store.open_file(second) as fh:
         assert fh.read() == b"1,2,3\\n" * 100_000 + b"4,5,6\\n" * 1000
     assert store.verify() == []
+    # Restore clones it back out (and checks it); a packed file cannot be cloned and is copied.
+    fd = os.open(os.path.join(mnt, "out.csv"), os.O_RDWR | os.O_CREAT, 0o644)
+    assert store.clone_to(second, fd)
+    os.close(fd)
+    with open(os.path.join(mnt, "out.csv"), "rb") as fh:
+        assert fh.read() == b"1,2,3\\n" * 100_000 + b"4,5,6\\n" * 1000
+    fd = os.open(os.path.join(mnt, "small-out.csv"), os.O_RDWR | os.O_CREAT, 0o644)
+    assert not store.clone_to(digest, fd)
+    os.close(fd)
+    from daemon.restore import restore
+    target = os.path.join(mnt, "restored")
+    os.mkdir(target)
+    restore(store, {"big.csv": (st.st_size, second), "f.csv": (20000, digest)}, target)
+    with open(os.path.join(target, "big.csv"), "rb") as fh:
+        assert fh.read() == b"1,2,3\\n" * 100_000 + b"4,5,6\\n" * 1000
+    with open(os.path.join(target, "f.csv"), "rb") as fh:
+        assert fh.read() == b"a,b\\n" * 5000
     print("cloned and intact")
     """
 )
