@@ -84,8 +84,9 @@ recorded as live is in flight, or they may delete what it just stored (``StoreLo
 Hashes are XXH3-128, as in the catalog: fast and well spread, but not collision-resistant
 against someone crafting files to collide. The store trusts its inputs as the catalog does.
 
-The storage is behind ``Backend`` (append objects, read, list, delete, compact) so a bucket
-backend can follow; only ``LocalBackend`` exists now, and clone and link need it.
+The storage is behind ``Backend`` (append objects, read, list, delete, compact): ``LocalBackend``
+here, or ``daemon.store_bucket.BucketBackend`` for a store in a bucket (``[store] path =
+"s3://..."``; ``daemon.store_open`` picks one from the config). Clone and link need the local one.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Literal, NoReturn, Protocol
 
@@ -123,6 +124,7 @@ __all__ = [
     "HardlinkUnsupportedError",
     "LocalBackend",
     "ObjectMissingError",
+    "PackedWriter",
     "Problem",
     "PutMode",
     "PutResult",
@@ -359,7 +361,29 @@ class Backend(Protocol):
 
     Objects written with ``append``/``packed_writer`` are visible to this backend at once and
     durable (and visible to other processes) after ``flush``, or at the end of a batch.
+    ``LocalBackend`` keeps them in a folder; ``daemon.store_bucket.BucketBackend`` in a bucket.
     """
+
+    root: str
+    """Where the store is, for messages: a folder, or a bucket URL."""
+    batching: bool
+    """Set by ``ContentStore.batch``: ``flush`` waits for the end of the batch."""
+    unsynced: int
+    """Objects named in this batch whose bytes still need a sync of the filesystem (local clones, links)."""
+
+    def storing(self, what: str) -> AbstractContextManager[None]:
+        """Turn the failures of storing ``what`` into ``StoreError``/``StoreFullError``."""
+        ...
+
+    def discard_pack(self) -> None:
+        """Drop the pack being written, unsealed (what a failed put left in it)."""
+        ...
+
+    def flush_removals(self) -> int:
+        """``flush``, and the bytes of files of their own deleted since the last call."""
+        ...
+
+    def close(self) -> None: ...
 
     def size(self, kind: Kind, digest: str) -> int | None:
         """The object's size, or None when it does not exist."""
@@ -477,10 +501,18 @@ class _LocalWriter:
             os.unlink(self.temp)
 
 
-class _PackedWriter:
+class PackHost(Protocol):
+    """What ``PackedWriter`` needs of a backend that writes packs (``LocalBackend``, ``BucketBackend``)."""
+
+    def pack_for(self, size: int) -> PackWriter: ...
+
+    def storing(self, what: str) -> AbstractContextManager[None]: ...
+
+
+class PackedWriter:
     """One object streamed into the pack being written; ``commit`` ends its record, leaving ``with`` before drops it."""
 
-    def __init__(self, backend: LocalBackend, kind: Kind, digest: str, size: int) -> None:
+    def __init__(self, backend: PackHost, kind: Kind, digest: str, size: int) -> None:
         self._backend = backend
         self._kind = kind
         self._digest = bytes.fromhex(digest)
@@ -491,7 +523,7 @@ class _PackedWriter:
             self._mark = self._pack.begin(kind, self._digest, size)
         self.committed = False
 
-    def __enter__(self) -> _PackedWriter:
+    def __enter__(self) -> PackedWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -729,8 +761,8 @@ class LocalBackend:
         """A loose object (a clone); see ``packed_writer`` for bytes that are copied."""
         return _LocalWriter(self, kind, digest)
 
-    def packed_writer(self, kind: Kind, digest: str, size: int) -> _PackedWriter:
-        return _PackedWriter(self, kind, digest, size)
+    def packed_writer(self, kind: Kind, digest: str, size: int) -> PackedWriter:
+        return PackedWriter(self, kind, digest, size)
 
     def open(self, kind: Kind, digest: str) -> BinaryIO:
         raw = bytes.fromhex(digest)
@@ -971,12 +1003,18 @@ class ContentStore:
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | Backend,
         *,
         chunk_threshold: int = CHUNK_THRESHOLD,
         chunk_params: ChunkParams = DEFAULT_PARAMS,
     ) -> None:
-        self.backend = LocalBackend(root)
+        """A store in the folder ``root``, or on an opened ``Backend`` (``daemon.store_open`` opens bucket stores)."""
+        if isinstance(root, str | os.PathLike):
+            if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", os.fspath(root)):
+                raise StoreError(f"{os.fspath(root)} is a bucket URL: open it with daemon.store_open.open_store")
+            self.backend: Backend = LocalBackend(root)
+        else:
+            self.backend = root
         self.root = self.backend.root
         self.chunk_threshold = chunk_threshold
         self.chunk_params = chunk_params
@@ -1121,10 +1159,17 @@ class ContentStore:
         log.debug("stored %s (%d bytes) by copy", digest, read)
         return PutResult(digest, read, "blob", "copy", read)
 
+    def _local(self, mode: PutMode) -> LocalBackend:
+        """The local backend that clones and links need; a bucket store keeps no files of its own."""
+        if isinstance(self.backend, LocalBackend):
+            return self.backend
+        error = ReflinkUnsupportedError if mode == "reflink" else HardlinkUnsupportedError
+        raise error(f"the content store at {self.root} is in a bucket: it cannot {mode} files; store them by copy")
+
     def _put_reflink(
         self, fd: int, st: os.stat_result, name: str, digest: str, unchanged: Callable[[], None]
     ) -> PutResult:
-        with self.backend.writer("blob", digest) as writer:
+        with self._local("reflink").writer("blob", digest) as writer:
             writer.clone_from(fd)
             clone_fd = writer.fileno()
             clone_size = os.fstat(clone_fd).st_size
@@ -1147,7 +1192,7 @@ class ContentStore:
     def _put_hardlink(
         self, fd: int, st: os.stat_result, name: str, digest: str, unchanged: Callable[[], None]
     ) -> PutResult:
-        backend = self.backend
+        backend = self._local("hardlink")
         temp = backend.temp_path()
         try:
             os.link(name, temp, follow_symlinks=False)
