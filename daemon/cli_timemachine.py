@@ -40,18 +40,18 @@ def _catalog(cfg: StrandlineConfig, *, write: bool = False) -> Catalog:
 
 
 def _store(cfg: StrandlineConfig, *, must_exist: bool = True) -> ContentStore | None:
-    from daemon.config import store_path
-    from daemon.content_store import ContentStore
+    from daemon.store_open import store_site
 
-    path = store_path(cfg)
-    if not (path / "FORMAT").exists():
+    site = store_site(cfg)
+    # A bucket store has no marker file: opening it lists its packs (an empty prefix is an empty store).
+    if not site.is_bucket and not (Path(site.location) / "FORMAT").exists():
         if must_exist:
             raise StrandlineError(
-                f"no content store at {path}: versions are snapshotted there by `strandline watch` or `scan`"
-                " (unless their dataset has snapshot = 'none'); check [store] path"
+                f"no content store at {site.location}: versions are snapshotted there by `strandline watch` or"
+                " `scan` (unless their dataset has snapshot = 'none'); check [store] path"
             )
         return None
-    return ContentStore(path)
+    return site.open()
 
 
 def why_not_restorable(row: VersionRow) -> str:
@@ -441,6 +441,7 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
     from daemon.lineage import sync_lineage
     from daemon.retention import decide, retention_for
     from daemon.snapshots import StoreLock
+    from daemon.store_open import store_site
 
     base = _base()
     try:
@@ -473,8 +474,9 @@ def gc(dry_run: bool, skip_lineage: bool, config: Path | None, as_json: bool) ->
                     freed = None
                 else:
                     # Versioners hold this shared from a snapshot's first put to its version's
-                    # commit: nothing they just stored can look unused while we delete.
-                    with StoreLock(store.root).exclusive():
+                    # commit: nothing they just stored can look unused while we delete. On
+                    # this host only: a bucket store's versioners on other hosts are not held off.
+                    with StoreLock(store_site(cfg).lock_dir).exclusive():
                         for name, seqs in drop.items():
                             catalog.mark_collected(name, seqs)
                         freed = store.gc(catalog.live_hashes())

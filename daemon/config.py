@@ -72,7 +72,7 @@ def load_config(path: Path | None) -> StrandlineConfig:
                 if isinstance(kafka.get(key), str):
                     kafka[key] = str(base / kafka[key])
         store = data.get("store")
-        if isinstance(store, dict) and isinstance(store.get("path"), str):
+        if isinstance(store, dict) and isinstance(store.get("path"), str) and not is_bucket_url(store["path"]):
             store["path"] = str(base / store["path"])
         consumers = data.get("consumers")
         if isinstance(consumers, dict) and isinstance(consumers.get("state_dir"), str):
@@ -91,6 +91,11 @@ def load_config(path: Path | None) -> StrandlineConfig:
     for ds in config.datasets:
         if ds.is_bucket:
             parse_root(ds.root)  # an unknown scheme or a bad bucket name fails here, not at first poll
+    if config.store.path is not None and is_bucket_url(config.store.path):
+        try:
+            parse_root(config.store.path)
+        except ConfigError as exc:
+            raise ConfigError(f"[store] path: {exc}") from exc
     return config
 
 
@@ -102,9 +107,23 @@ def catalog_path(config: StrandlineConfig) -> Path:
     return state_dir(config) / "catalog.sqlite"
 
 
+def store_location(config: StrandlineConfig) -> str:
+    """Where the content store is: a bucket URL (``[store] path = "s3://..."``), else its absolute folder."""
+    path = config.store.path
+    if path is not None and is_bucket_url(path):
+        return path
+    return str(store_path(config))
+
+
 def store_path(config: StrandlineConfig) -> Path:
-    """The content store's folder: ``[store] path``, else ``store/`` in the state folder."""
-    return (config.store.path or state_dir(config) / "store").resolve()
+    """The content store's local folder: ``[store] path``, else ``store/`` in the state folder.
+
+    A bucket store has no folder of its own: ``ConfigError`` (use ``store_location``).
+    """
+    path = config.store.path
+    if path is not None and is_bucket_url(path):
+        raise ConfigError(f"the content store is in a bucket ({path}), not in a local folder")
+    return (Path(path) if path is not None else state_dir(config) / "store").resolve()
 
 
 _SAFE = re.compile(DATASET_NAME_PATTERN)

@@ -86,8 +86,9 @@ recorded as live is in flight, or they may delete what it just stored (``StoreLo
 Hashes are XXH3-128, as in the catalog: fast and well spread, but not collision-resistant
 against someone crafting files to collide. The store trusts its inputs as the catalog does.
 
-The storage is behind ``Backend`` (append objects, read, list, delete, compact) so a bucket
-backend can follow; only ``LocalBackend`` exists now, and clone and link need it.
+The storage is behind ``Backend`` (append objects, read, list, delete, compact): ``LocalBackend``
+here, or ``daemon.store_bucket.BucketBackend`` for a store in a bucket (``[store] path =
+"s3://..."``; ``daemon.store_open`` picks one from the config). Clone and link need the local one.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Literal, NoReturn, Protocol
 
@@ -125,6 +126,7 @@ __all__ = [
     "HardlinkUnsupportedError",
     "LocalBackend",
     "ObjectMissingError",
+    "PackedWriter",
     "Problem",
     "PutMode",
     "PutResult",
@@ -361,7 +363,29 @@ class Backend(Protocol):
 
     Objects written with ``append``/``packed_writer`` are visible to this backend at once and
     durable (and visible to other processes) after ``flush``, or at the end of a batch.
+    ``LocalBackend`` keeps them in a folder; ``daemon.store_bucket.BucketBackend`` in a bucket.
     """
+
+    root: str
+    """Where the store is, for messages: a folder, or a bucket URL."""
+    batching: bool
+    """Set by ``ContentStore.batch``: ``flush`` waits for the end of the batch."""
+    unsynced: int
+    """Objects named in this batch whose bytes still need a sync of the filesystem (local clones, links)."""
+
+    def storing(self, what: str) -> AbstractContextManager[None]:
+        """Turn the failures of storing ``what`` into ``StoreError``/``StoreFullError``."""
+        ...
+
+    def discard_pack(self) -> None:
+        """Drop the pack being written, unsealed (what a failed put left in it)."""
+        ...
+
+    def flush_removals(self) -> int:
+        """``flush``, and the bytes of files of their own deleted since the last call."""
+        ...
+
+    def close(self) -> None: ...
 
     def size(self, kind: Kind, digest: str) -> int | None:
         """The object's size, or None when it does not exist."""
@@ -369,6 +393,10 @@ class Backend(Protocol):
 
     def stored(self, digest: str) -> tuple[Kind, int] | None:
         """How a file's content is stored: (``blob`` or ``recipe``, its size), or None."""
+        ...
+
+    def missing(self, wanted: Mapping[str, int]) -> set[str]:
+        """Of ``wanted`` (hash: size), the hashes not stored; remembered until the batch ends."""
         ...
 
     def append(self, kind: Kind, digest: str, data: bytes | memoryview) -> None:
@@ -483,10 +511,18 @@ class _LocalWriter:
             os.unlink(self.temp)
 
 
-class _PackedWriter:
+class PackHost(Protocol):
+    """What ``PackedWriter`` needs of a backend that writes packs (``LocalBackend``, ``BucketBackend``)."""
+
+    def pack_for(self, size: int) -> PackWriter: ...
+
+    def storing(self, what: str) -> AbstractContextManager[None]: ...
+
+
+class PackedWriter:
     """One object streamed into the pack being written; ``commit`` ends its record, leaving ``with`` before drops it."""
 
-    def __init__(self, backend: LocalBackend, kind: Kind, digest: str, size: int) -> None:
+    def __init__(self, backend: PackHost, kind: Kind, digest: str, size: int) -> None:
         self._backend = backend
         self._kind = kind
         self._digest = bytes.fromhex(digest)
@@ -497,7 +533,7 @@ class _PackedWriter:
             self._mark = self._pack.begin(kind, self._digest, size)
         self.committed = False
 
-    def __enter__(self) -> _PackedWriter:
+    def __enter__(self) -> PackedWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -668,37 +704,16 @@ class LocalBackend:
 
     def stored(self, digest: str) -> tuple[Kind, int] | None:
         """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query."""
-        raw = bytes.fromhex(digest)
-        if self._pack is not None:
-            for kind in _FILE_KINDS:
-                if (found := self._pack.pending.get((kind, raw))) is not None:
-                    return kind, found.size
-        if raw in self._absent:
-            return None
-        if (hit := self.index.lookup_file(raw)) is not None:
-            return hit[0], hit[1].size
+        if (found := packed_file(self._pack, self.index, self._absent, digest)) is not None:
+            return found
         for kind in _FILE_KINDS:
             if (size := self._loose_size(kind, digest)) is not None:
                 return kind, size
         return None
 
     def missing(self, wanted: Mapping[str, int]) -> set[str]:
-        """Of ``wanted`` (hash: size), the hashes whose content is not stored; batched index queries.
-
-        In a batch the answer is remembered until it ends, so the puts that follow skip their
-        own lookup (a query per file was an eighth of snapshotting 20,000 small files).
-        """
-        raws = {bytes.fromhex(digest): size for digest, size in wanted.items()}
-        found = self.index.files_present(list(raws))
-        absent: set[str] = set()
-        for raw, size in raws.items():
-            hit = found.get(raw)
-            if hit is not None and (hit[0] == "recipe" or hit[1] == size):
-                continue
-            digest = raw.hex()
-            if self._loose and self.stored(digest) is not None:
-                continue
-            absent.add(digest)
+        """Of ``wanted`` (hash: size), the hashes whose content is not stored; batched index queries."""
+        absent = missing_files(self.index, wanted, self.stored if self._loose else None)
         if self.batching:
             self._absent.update(bytes.fromhex(digest) for digest in absent)
         return absent
@@ -791,8 +806,8 @@ class LocalBackend:
         """A loose object (a clone); see ``packed_writer`` for bytes that are copied."""
         return _LocalWriter(self, kind, digest)
 
-    def packed_writer(self, kind: Kind, digest: str, size: int) -> _PackedWriter:
-        return _PackedWriter(self, kind, digest, size)
+    def packed_writer(self, kind: Kind, digest: str, size: int) -> PackedWriter:
+        return PackedWriter(self, kind, digest, size)
 
     def open(self, kind: Kind, digest: str) -> BinaryIO:
         raw = bytes.fromhex(digest)
@@ -922,6 +937,48 @@ class LocalBackend:
                 fsync_dir(folder)
 
 
+def packed_file(pack: PackWriter | None, index: PackIndex, absent: set[bytes], digest: str) -> tuple[Kind, int] | None:
+    """Where a file's content is among packed objects: the pack being written, then the index.
+
+    ``absent`` holds hashes a batch already found missing (``missing_files``): not asked again.
+    """
+    raw = bytes.fromhex(digest)
+    if pack is not None:
+        for kind in _FILE_KINDS:
+            if (found := pack.pending.get((kind, raw))) is not None:
+                return kind, found.size
+    if raw in absent:
+        return None
+    if (hit := index.lookup_file(raw)) is not None:
+        return hit[0], hit[1].size
+    return None
+
+
+def missing_files(
+    index: PackIndex, wanted: Mapping[str, int], also: Callable[[str], object | None] | None = None
+) -> set[str]:
+    """Of ``wanted`` (hash: size), those the index lacks (a blob of another size counts as lacking).
+
+    Asked in batches (a query per file was an eighth of snapshotting 20,000 small files);
+    ``also`` is asked about each one the index lacks (loose files), when given.
+
+    A backend remembers the answer for the rest of its batch, so the puts that follow skip
+    their own lookups.
+    """
+    raws = {bytes.fromhex(digest): size for digest, size in wanted.items()}
+    found = index.files_present(list(raws))
+    absent: set[str] = set()
+    for raw, size in raws.items():
+        hit = found.get(raw)
+        if hit is not None and (hit[0] == "recipe" or hit[1] == size):
+            continue
+        digest = raw.hex()
+        if also is not None and also(digest) is not None:
+            continue
+        absent.add(digest)
+    return absent
+
+
 def _has_subfolder(path: str) -> bool:
     with os.scandir(path) as entries:
         return any(entry.is_dir(follow_symlinks=False) for entry in entries)
@@ -1039,12 +1096,18 @@ class ContentStore:
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | Backend,
         *,
         chunk_threshold: int = CHUNK_THRESHOLD,
         chunk_params: ChunkParams = DEFAULT_PARAMS,
     ) -> None:
-        self.backend = LocalBackend(root)
+        """A store in the folder ``root``, or on an opened ``Backend`` (``daemon.store_open`` opens bucket stores)."""
+        if isinstance(root, str | os.PathLike):
+            if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", os.fspath(root)):
+                raise StoreError(f"{os.fspath(root)} is a bucket URL: open it with daemon.store_open.open_store")
+            self.backend: Backend = LocalBackend(root)
+        else:
+            self.backend = root
         self.root = self.backend.root
         self.chunk_threshold = chunk_threshold
         self.chunk_params = chunk_params
@@ -1229,10 +1292,17 @@ class ContentStore:
         log.debug("stored %s (%d bytes) by copy", digest, read)
         return PutResult(digest, read, "blob", "copy", read)
 
+    def _local(self, mode: PutMode) -> LocalBackend:
+        """The local backend that clones and links need; a bucket store keeps no files of its own."""
+        if isinstance(self.backend, LocalBackend):
+            return self.backend
+        error = ReflinkUnsupportedError if mode == "reflink" else HardlinkUnsupportedError
+        raise error(f"the content store at {self.root} is in a bucket: it cannot {mode} files; store them by copy")
+
     def _put_reflink(
         self, fd: int, st: os.stat_result, name: str, digest: str, unchanged: Callable[[], None]
     ) -> PutResult:
-        with self.backend.writer("blob", digest) as writer:
+        with self._local("reflink").writer("blob", digest) as writer:
             writer.clone_from(fd)
             clone_fd = writer.fileno()
             clone_size = os.fstat(clone_fd).st_size
@@ -1255,7 +1325,7 @@ class ContentStore:
     def _put_hardlink(
         self, fd: int, st: os.stat_result, name: str, digest: str, unchanged: Callable[[], None]
     ) -> PutResult:
-        backend = self.backend
+        backend = self._local("hardlink")
         temp = backend.temp_path()
         try:
             os.link(name, temp, follow_symlinks=False)
@@ -1381,9 +1451,10 @@ class ContentStore:
         object raises ``DamagedObjectError`` as ``iter_content`` would.
         """
         _check_digest(digest)
-        if self.backend.stored(digest) is None or "blob" not in self.backend.loose_kinds:
+        backend = self.backend
+        if not isinstance(backend, LocalBackend) or "blob" not in backend.loose_kinds:
             return False
-        path = self.backend.path("blob", digest)
+        path = backend.path("blob", digest)
         try:
             src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

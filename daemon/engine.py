@@ -23,13 +23,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daemon.catalog import Catalog, VersionRow
-from daemon.config import state_dir, store_path
+from daemon.config import state_dir
 from daemon.errors import ConfigError, StrandlineError
 from daemon.metrics import EngineMetrics
 from daemon.scanner import FileStat, Rejection
 from daemon.sdnotify import Heartbeat
 from daemon.snapshots import Snapshotter
 from daemon.sources import open_source
+from daemon.store_open import store_site
 from daemon.versioner import Versioner
 from daemon.watcher import Kind
 from schemas.config import DatasetConfig, StrandlineConfig
@@ -138,7 +139,7 @@ class Engine:
         source = open_source(ds.root, spool_dir=spool, settings=self.config.store_settings(ds.root))
         snapshotter = None
         if ds.snapshot != "none":
-            snapshotter = Snapshotter(store_path(self.config), ds.name, ds.snapshot, source)
+            snapshotter = Snapshotter(store_site(self.config), ds.name, ds.snapshot, source)
         versioner = Versioner(
             self.catalog, self.config, ds, on_version=self._on_version, source=source, snapshotter=snapshotter
         )

@@ -14,11 +14,14 @@ version can restore it, unless the event says otherwise:
 Policies: ``copy``; ``reflink`` (copy-on-write clone, falls back to copy where the filesystem
 cannot clone); ``hardlink`` (the file is linked into the store and made read-only, so a later
 in-place edit fails instead of corrupting the stored version; falls back to copy per file);
-``auto``: reflink where the store's filesystem can clone the data's files, else copy.
+``auto``: reflink where the store's filesystem can clone the data's files, else copy. A store in a
+bucket (``[store] path = "s3://..."``) keeps no files of its own: every policy but ``none`` copies
+there, and a dataset that asked for reflink or hardlink says so once in the log.
 
 ``StoreLock`` keeps ``strandline gc`` from deleting objects between their put and the commit
 of the version that needs them: versioners hold it shared from the first put to the commit,
-gc holds it exclusively while it deletes.
+gc holds it exclusively while it deletes. It is a local flock (in the spool folder for a bucket
+store): it orders the processes of one host, not those of several hosts sharing a bucket store.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from daemon.content_store import (
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.manifest import FileState
 from daemon.sources import LocalSource, Source
+from daemon.store_open import StoreSite
 from schemas.config import SnapshotPolicy, is_bucket_url
 
 log = logging.getLogger(__name__)
@@ -105,12 +109,15 @@ class KeepResult:
     stored_bytes: int = 0
 
 
-def resolve_policy(policy: SnapshotPolicy, store_root: Path, source: Source) -> PutMode | None:
+def resolve_policy(policy: SnapshotPolicy, store: StoreSite, source: Source) -> PutMode | None:
     """The put mode a dataset's policy means here; None for ``none``."""
     if policy == "none":
         return None
     if is_bucket_url(source.location):
         return "copy"  # a bucket's bytes arrive as a stream: nothing to clone or link
+    if store.is_bucket:
+        return "copy"  # the store is a bucket: packs are uploaded, nothing can be cloned or linked into it
+    store_root = Path(store.location)
     if policy == "auto":
         store_root.mkdir(parents=True, exist_ok=True)
         try:
@@ -124,11 +131,11 @@ def resolve_policy(policy: SnapshotPolicy, store_root: Path, source: Source) -> 
 class Snapshotter:
     """Stores one dataset's files in the content store. Driven by its versioner's thread."""
 
-    def __init__(self, store_root: Path, dataset: str, policy: SnapshotPolicy, source: Source) -> None:
-        self.store_root = store_root
+    def __init__(self, site: StoreSite, dataset: str, policy: SnapshotPolicy, source: Source) -> None:
+        self.site = site
         self.dataset = dataset
         self.source = source
-        self.lock = StoreLock(store_root)
+        self.lock = StoreLock(site.lock_dir)
         self.wanted = policy
         self.mode: PutMode | None = None if policy == "none" else "copy"  # settled when the store opens
         self._store: ContentStore | None = None
@@ -143,9 +150,15 @@ class Snapshotter:
     def store(self) -> ContentStore:
         """The content store, opened on first use (a store that cannot be opened fails a snapshot, not the daemon)."""
         if self._store is None:
-            self._store = ContentStore(self.store_root)
-            self.mode = resolve_policy(self.wanted, self.store_root, self.source)
+            self._store = self.site.open()
+            self.mode = resolve_policy(self.wanted, self.site, self.source)
             self._copies_small_files()
+            if self.site.is_bucket and self.wanted in ("reflink", "hardlink"):
+                self._warn_once(
+                    "bucket-store",
+                    f"snapshot = {self.wanted!r} cannot apply to the content store in the bucket {self.site.location}:"
+                    " its files are copied (set snapshot = 'copy' to silence this)",
+                )
         return self._store
 
     def _copies_small_files(self) -> None:

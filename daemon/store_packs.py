@@ -45,6 +45,7 @@ __all__ = [
     "PackReaders",
     "PackWriter",
     "RangeReader",
+    "parse_records",
     "read_records",
 ]
 
@@ -201,10 +202,17 @@ class PackIndex:
             ).fetchone()
         return Location(*row) if row else None
 
-    def scan(self, kind: Kind) -> list[tuple[str, int]]:
-        """(hex digest, size) of every indexed object of a kind."""
+    def scan(self, kind: Kind, *, in_pack_order: bool = False) -> list[tuple[str, int]]:
+        """(hex digest, size) of every indexed object of a kind; ``in_pack_order``: by pack, then offset.
+
+        Pack order lets a reader of a remote pack fetch neighbouring objects in one request.
+        """
+        order = " ORDER BY pack, offset" if in_pack_order else ""
         with self._lock:
-            rows = self._db.execute("SELECT digest, size FROM objects WHERE kind = ?", (KIND_CODES[kind],)).fetchall()
+            rows = self._db.execute(
+                "SELECT digest, size FROM objects WHERE kind = ?" + order,  # noqa: S608 - a fixed clause
+                (KIND_CODES[kind],),
+            ).fetchall()
         return [(bytes(d).hex(), s) for d, s in rows]
 
     def packs(self) -> dict[str, int]:
@@ -229,19 +237,29 @@ class PackIndex:
 
 def read_records(path: str) -> tuple[list[Row], int]:
     """The records of a pack file and the length of its whole records (a torn tail is left out)."""
-    rows: list[Row] = []
     with open(path, "rb") as fh:
-        if fh.read(len(PACK_HEADER)) != PACK_HEADER:
-            raise ValueError(f"{path} is not a Strandline pack (bad header)")
-        offset = len(PACK_HEADER)
-        end = os.fstat(fh.fileno()).st_size
-        while offset + RECORD.size <= end:
-            magic, code, digest, size = RECORD.unpack(fh.read(RECORD.size))
-            if magic != RECORD_MAGIC or code not in CODE_KINDS or offset + RECORD.size + size > end:
-                raise ValueError(f"{path}: damaged record header at byte {offset}")
-            rows.append((CODE_KINDS[code], digest, offset + RECORD.size, size))
-            offset += RECORD.size + size
-            fh.seek(offset)
+        return parse_records(cast(BinaryIO, fh), os.fstat(fh.fileno()).st_size, path)
+
+
+def parse_records(fh: BinaryIO, end: int, name: str) -> tuple[list[Row], int]:
+    """``read_records`` of a pack of ``end`` bytes open as ``fh`` (seekable; a bucket object's too).
+
+    Only the record headers are read: the data between them is skipped with ``seek``.
+    """
+    rows: list[Row] = []
+    if fh.read(len(PACK_HEADER)) != PACK_HEADER:
+        raise ValueError(f"{name} is not a Strandline pack (bad header)")
+    offset = len(PACK_HEADER)
+    while offset + RECORD.size <= end:
+        header = fh.read(RECORD.size)
+        if len(header) != RECORD.size:
+            raise ValueError(f"{name}: the pack ends inside the record header at byte {offset}")
+        magic, code, digest, size = RECORD.unpack(header)
+        if magic != RECORD_MAGIC or code not in CODE_KINDS or offset + RECORD.size + size > end:
+            raise ValueError(f"{name}: damaged record header at byte {offset}")
+        rows.append((CODE_KINDS[code], digest, offset + RECORD.size, size))
+        offset += RECORD.size + size
+        fh.seek(offset)
     return rows, offset
 
 

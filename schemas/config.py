@@ -601,10 +601,12 @@ class S3Config(_Section):
 class StoreConfig(_Section):
     """The content store: the bytes of every version, kept once by hash (see `strandline restore` and `gc`)."""
 
-    path: Path | None = Field(
+    path: str | None = Field(
         None,
-        description="Folder of the content store (default: store/ in state_dir). Same filesystem as the"
-        " data for reflink and hardlink snapshots.",
+        description="Folder of the content store (default: store/ in state_dir), or a bucket prefix such as"
+        " s3://bucket/prefix, gs://bucket/prefix or az://container/prefix (reached with the [s3], [gcs] or"
+        " [azure] settings). Same filesystem as the data for reflink and hardlink snapshots; a bucket store"
+        " always copies.",
     )
     keep_last: int | None = Field(
         None,
@@ -615,6 +617,11 @@ class StoreConfig(_Section):
     keep_days: Annotated[float, Field(gt=0.0)] | None = Field(
         None, description="Default retention for `strandline gc`: keep the bytes of versions younger than this."
     )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_text(cls, path: object) -> object:
+        return os.fspath(path) if isinstance(path, os.PathLike) else path
 
 
 class _HttpStoreSettings(_Section):
