@@ -13,6 +13,7 @@ hostile key (``..``, absolute, encoded separators, odd Unicode) is reported and 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -42,6 +43,7 @@ from daemon.objectstore import (
     parse_root,
 )
 from daemon.scanner import FileStat, OnReject, Rejection
+from daemon.sources import KEEP_FILE, KEEP_TOTAL
 from schemas.config import StoreSettings
 from schemas.events import RejectReason
 
@@ -78,6 +80,9 @@ class BucketSource:
         self.settings = settings
         self._spool = Path(spool_dir)
         self._kept: dict[str, Path] = {}
+        self.keep_small_files = False
+        self._small: dict[str, tuple[str, bytes]] = {}  # small objects' bytes, read while hashed
+        self._small_bytes = 0
         self._fs: Any = None
 
     @property
@@ -154,6 +159,12 @@ class BucketSource:
         try:
             if keep:
                 digest = self._download(rel, key, fs.etag)
+            elif self.keep_small_files and fs.size <= KEEP_FILE and self._small_bytes + fs.size <= KEEP_TOTAL:
+                # The snapshot stores these bytes: no second (HEAD and) GET of the object for it.
+                sink = io.BytesIO()
+                digest = hash_object(self.fs, self.root, key, etag=fs.etag or None, sink=sink)
+                self._small[rel] = (digest, sink.getvalue())
+                self._small_bytes += len(self._small[rel][1])
             else:
                 digest = hash_object(self.fs, self.root, key, etag=fs.etag or None)
         except UnreadableDataError as exc:
@@ -196,6 +207,9 @@ class BucketSource:
 
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
         """From the pass's spooled copy when there is one, else from one more conditional GET."""
+        small = self._small.pop(rel, None)
+        if small is not None and small[0] == state.hash and len(small[1]) == state.size:
+            return store.put_bytes(small[1], state.hash, name=f"{self.root.url}{rel}")
         kept = self._kept.get(rel)
         if kept is not None:
             return store.put(kept, state.hash, state.size, "copy")
@@ -212,6 +226,8 @@ class BucketSource:
         for path in self._kept.values():
             path.unlink(missing_ok=True)
         self._kept.clear()
+        self._small.clear()
+        self._small_bytes = 0
 
 
 def _kind(exc: UnreadableDataError) -> FailureKind:

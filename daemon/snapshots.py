@@ -50,7 +50,7 @@ from daemon.content_store import (
 )
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.manifest import FileState
-from daemon.sources import LocalSource, Source
+from daemon.sources import Source
 from daemon.store_open import StoreSite
 from schemas.config import SnapshotPolicy, is_bucket_url
 
@@ -162,10 +162,9 @@ class Snapshotter:
         return self._store
 
     def _copies_small_files(self) -> None:
-        # A local source keeps the bytes of the small files it fingerprints for us to copy (in
-        # copy and reflink modes: small files are copied into packs); links read nothing.
-        if isinstance(self.source, LocalSource):
-            self.source.keep_small_files = self.mode in ("copy", "reflink")
+        # A source keeps the bytes of the small files it fingerprints for us to copy (in copy and
+        # reflink modes: small files are copied into packs); links read nothing.
+        self.source.keep_small_files = self.mode in ("copy", "reflink")
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -29,12 +29,17 @@ if TYPE_CHECKING:
 # not trusted for the cache ("racy git"), so it is simply re-hashed next time.
 _RACY_NS = 50_000_000
 # Small files' bytes kept between fingerprint and snapshot: up to this size each, this much a pass.
-_KEEP_FILE = 64 * 1024
-_KEEP_TOTAL = 128 * 1024 * 1024
+KEEP_FILE = 64 * 1024
+KEEP_TOTAL = 128 * 1024 * 1024
 
 
 class Source(Protocol):
     """A dataset root, local or remote. Not thread-safe: one versioner drives it."""
+
+    # Set while the dataset's versions are snapshotted by copy: ``fingerprint`` keeps the bytes
+    # of small files it reads (up to KEEP_FILE each, KEEP_TOTAL a pass), and ``keep_bytes``
+    # stores those, without reading the file (or GETting the object) again.
+    keep_small_files: bool
 
     @property
     def location(self) -> str:
@@ -103,8 +108,6 @@ class LocalSource:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        # Set while the dataset's versions are snapshotted by copy: the bytes of small files read
-        # to fingerprint them are kept for the pass, and stored from memory (``keep_bytes``).
         self.keep_small_files = False
         self._kept: dict[str, tuple[str, bytes]] = {}
         self._kept_bytes = 0
@@ -140,8 +143,8 @@ class LocalSource:
 
     def fingerprint(self, rel: str, fs: FileStat, *, keep: bool) -> FileState | Rejection | None:
         limit = -1
-        if self.keep_small_files and self._kept_bytes + fs.size <= _KEEP_TOTAL:
-            limit = _KEEP_FILE
+        if self.keep_small_files and self._kept_bytes + fs.size <= KEEP_TOTAL:
+            limit = KEEP_FILE
         try:
             digest, st, data = hash_file_keeping(os.path.join(self.root, rel), limit)
         except ChangedWhileReadingError:

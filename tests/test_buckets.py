@@ -434,3 +434,38 @@ def test_a_long_listing_holds_up_neither_other_versions_nor_a_stop(
     finally:
         if running.thread.is_alive():
             running.stop()
+
+
+def test_a_small_objects_snapshot_stores_the_bytes_read_to_hash_it_without_another_get(
+    config_for: Any, s3_endpoint: str, bucket: str, s3: Any, tmp_path: Path
+) -> None:
+    from daemon.bucket_source import BucketSource
+    from daemon.content_store import ContentStore, SourceChangedError
+
+    config = bucket_config(config_for, s3_endpoint, bucket)
+    store = ContentStore(tmp_path / "store")
+    for keep in (True, False):
+        rel = f"t-{keep}.csv"
+        original = f"id,v\n1,{keep}\n".encode() * 50
+        digest = put(s3, bucket, rel, original)
+        source = BucketSource(
+            f"s3://{bucket}/{PREFIX}",
+            spool_dir=str(tmp_path / "spool"),
+            settings=config.store_settings(f"s3://{bucket}/{PREFIX}"),
+        )
+        source.keep_small_files = keep
+        head = s3.head_object(Bucket=bucket, Key=PREFIX + rel)
+        listed = FileStat(len(original), int(head["LastModified"].timestamp()) * 10**9, 0, head["ETag"].strip('"'))
+        state = source.fingerprint(rel, listed, keep=False)
+        assert isinstance(state, FileState) and state.hash == digest
+        put(s3, bucket, rel, original[:-1] + b"!")  # overwritten between fingerprint and snapshot
+        if keep:
+            # Stored from the bytes the hashing GET read: the version's bytes, and no second GET.
+            assert source.keep_bytes(rel, state, store, "copy").method == "copy"
+            with store.open_file(digest) as fh:
+                assert fh.read() == original
+        else:
+            with pytest.raises(SourceChangedError):  # the conditional GET sees the overwrite
+                source.keep_bytes(rel, state, store, "copy")
+            assert not store.has(digest)
+        source.finish_pass()
