@@ -887,12 +887,13 @@ class LocalBackend:
         self._readers.forget(name)
         path = self.pack_path(name)
         with self.storing(f"removal of pack {name}"):
-            self.index.forget_pack(name)
+            self.index.forget_pack(name, retire=True)
             try:
                 size = os.stat(path).st_size
                 os.unlink(path)
             except FileNotFoundError:
                 return 0
+            self.index.gone([name])
         return size
 
     def _rewrite(self, names: list[str]) -> int:
@@ -922,6 +923,8 @@ class LocalBackend:
             with suppress(FileNotFoundError):
                 freed += os.stat(self.pack_path(name)).st_size
                 os.unlink(self.pack_path(name))
+        with self.storing("the index"):
+            self.index.gone(names)
         log.info("content store: rewrote %d mostly-dead packs into %s, %d bytes freed", len(names), pack.name, freed)
         return freed
 

@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (kind, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_by_pack ON objects (pack);
+CREATE TABLE IF NOT EXISTS retired (
+    name TEXT PRIMARY KEY
+);
 """
 
 
@@ -171,28 +174,43 @@ class PackIndex:
                     ((name, o, s, KIND_CODES[k], d) for k, d, o, s in rows),
                 )
                 for old in dropped:
-                    self._forget_pack(old)
+                    self._forget_pack(old, retire=True)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def forget_pack(self, name: str) -> int:
-        """Drop a pack and its objects' rows; how many objects it held."""
+    def forget_pack(self, name: str, *, retire: bool = False) -> int:
+        """Drop a pack and its objects' rows; how many objects it held.
+
+        ``retire``: the pack is about to be deleted (gc). It is remembered as retired until it
+        is gone, so an open in between does not index it again, dead objects and all.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                count = self._forget_pack(name)
+                count = self._forget_pack(name, retire=retire)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return count
 
-    def _forget_pack(self, name: str) -> int:
+    def _forget_pack(self, name: str, *, retire: bool = False) -> int:
         count = self._db.execute("DELETE FROM objects WHERE pack = ?", (name,)).rowcount
         self._db.execute("DELETE FROM packs WHERE name = ?", (name,))
+        if retire:
+            self._db.execute("INSERT OR IGNORE INTO retired (name) VALUES (?)", (name,))
         return int(count)
+
+    def retired(self) -> set[str]:
+        with self._lock:
+            return {name for (name,) in self._db.execute("SELECT name FROM retired")}
+
+    def gone(self, names: Iterable[str]) -> None:
+        """Retired packs now deleted: nothing to remember about them."""
+        with self._lock:
+            self._db.executemany("DELETE FROM retired WHERE name = ?", ((name,) for name in names))
 
     def remove(self, kind: Kind, digest: bytes) -> Location | None:
         with self._lock:
@@ -482,6 +500,14 @@ def reconcile(index: PackIndex, packs_dir: str) -> tuple[int, int]:
             if dot and ext == "pack" and len(stem) == 32:
                 on_disk[stem] = entry.path
     known = index.packs()
+    retired = index.retired()
+    for name in retired & set(on_disk):
+        # A pack gc retired (its live objects moved in the same commit) but did not get to
+        # delete: delete it now rather than index its dead objects again.
+        with suppress(FileNotFoundError):
+            os.unlink(on_disk.pop(name))
+        log.info("content store: removed pack %s, retired by an interrupted gc", name)
+    index.gone(retired)
     added = forgotten = 0
     for name, path in sorted(on_disk.items()):
         if name in known:

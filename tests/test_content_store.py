@@ -1055,3 +1055,28 @@ def test_missing_names_what_is_not_stored_and_a_batch_then_stores_it_without_ask
         assert put_file(store, new).method == "present", "the batch's own puts are seen"
     assert store.missing(wanted) == {files[0][1]}
     assert content(store, new_hash) == new.read_bytes()
+
+
+def test_a_pack_gc_retired_but_did_not_delete_is_deleted_on_open_not_indexed_again(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _put_smalls(store, tmp_path / "src", 3, size=20_000)
+    [old_pack] = packs(store)
+    live = files[0][1]
+    real_unlink = os.unlink
+
+    def killed_at_unlink(path: str, *args: object, **kwargs: object) -> None:
+        if str(path).endswith(".pack"):
+            raise SystemExit("killed")  # gc dies between its index commit and deleting the old pack
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", killed_at_unlink)
+    with pytest.raises(SystemExit):
+        store.gc([live])
+    monkeypatch.undo()
+    assert old_pack.exists() and len(packs(store)) == 2
+    reopened = ContentStore(store.root, chunk_threshold=SMALL_THRESHOLD)
+    assert not old_pack.exists() and len(packs(reopened)) == 1
+    assert reopened.has(live) and not reopened.has(files[1][1]) and not reopened.has(files[2][1])
+    assert content(reopened, live) == files[0][0].read_bytes()
+    assert reopened.verify() == []
