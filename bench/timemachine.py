@@ -33,7 +33,7 @@ How it is measured
 ``--reflink``: runs everything on a loop-mounted XFS image made with ``mkfs.xfs -m reflink=1``
 inside a private mount namespace (``unshare -m``: the mount vanishes with the process), with
 ``snapshot = "reflink"``. Needs root and mkfs.xfs; otherwise it says why and exits. Files above
-the store's 8 MiB threshold are chunked (copied) in every mode, so only small files are cloned.
+the store's 8 MiB threshold are cloned whole; smaller files are copied into packs.
 
 Mass deletion on this disk slows the next mass creation for a while, so every run creates its
 data fresh in new folders and deletes all of it only at the end, after the figures are taken.
