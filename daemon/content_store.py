@@ -102,7 +102,6 @@ import re
 import sqlite3
 import stat
 import struct
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -116,6 +115,7 @@ from daemon.durability import fsync_dir, start_writeback, syncfs
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.fingerprint import hash_fd
 from daemon.store_packs import PACK_HEADER, Kind, PackIndex, PackReaders, PackWriter, Row, reconcile
+from daemon.temps import remove_dead_writers_temps
 
 __all__ = [
     "CHUNK_THRESHOLD",
@@ -160,8 +160,6 @@ _READ_BLOCK: Final = 1024 * 1024
 _NO_REFLINK: Final = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
 _NO_HARDLINK: Final = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES})
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-# A temp file whose writer is alive is kept on open, unless it is older than this (pid reused).
-_STALE_TEMP_SECONDS: Final = 24 * 3600
 
 
 class StoreError(StrandlineError):
@@ -438,16 +436,6 @@ class Backend(Protocol):
         ...
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _LocalWriter:
     """A temp file in the store's ``tmp/``; ``commit`` fsyncs and renames it to the object's name.
 
@@ -511,18 +499,95 @@ class _LocalWriter:
             os.unlink(self.temp)
 
 
-class PackHost(Protocol):
-    """What ``PackedWriter`` needs of a backend that writes packs (``LocalBackend``, ``BucketBackend``)."""
+class PackingBackend:
+    """What both backends share: the pack being written, appends to it, lookups of file contents.
 
-    def pack_for(self, size: int) -> PackWriter: ...
+    A subclass sets ``index``, ``tmp``, ``batching``, ``_pack = None`` and ``_absent = set()``,
+    and provides ``storing`` (its errors as ``StoreError``) and ``seal`` (make the pack being
+    written durable and indexed: an fsync and a rename locally, an upload for a bucket).
+    """
 
-    def storing(self, what: str) -> AbstractContextManager[None]: ...
+    index: PackIndex
+    tmp: str
+    batching: bool
+    _pack: PackWriter | None
+    _absent: set[bytes]  # not stored, as ``missing`` found in this batch
+    # sync_file_range as the pack grows (local); None where the pack is only a spool to upload.
+    _writeback: Callable[[int, int, int], object] | None = None
+
+    def storing(self, what: str) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def seal(self) -> None:
+        raise NotImplementedError
+
+    def _also_stored(self, digest: str) -> tuple[Kind, int] | None:
+        """A file's content kept outside the packs (loose files); none by default."""
+        return None
+
+    def pack_for(self, size: int) -> PackWriter:
+        """The pack to append an object of ``size`` bytes to (a full one is sealed first)."""
+        pack = self._pack
+        if pack is not None and pack.size > len(PACK_HEADER) and pack.size + size > PACK_TARGET:
+            self.seal()
+            pack = None
+        if pack is None:
+            with self.storing("a new pack"):
+                pack = self._pack = PackWriter(self.tmp, self._writeback)
+        return pack
+
+    def append(self, kind: Kind, digest: str, data: bytes | memoryview) -> None:
+        pack = self.pack_for(len(data))
+        try:  # ``storing()`` only on failure: a context manager per object was 6 % of snapshotting small files
+            pack.append(kind, bytes.fromhex(digest), data)
+        except OSError as exc:
+            with self.storing(f"{kind} {digest}"):
+                raise exc
+
+    def packed_writer(self, kind: Kind, digest: str, size: int) -> PackedWriter:
+        return PackedWriter(self, kind, digest, size)
+
+    def pack_mark(self) -> tuple[str, int] | None:
+        """Where the pack being written ends now (to ``rewind_pack`` to if a put fails)."""
+        return (self._pack.name, self._pack.mark()) if self._pack is not None else None
+
+    def rewind_pack(self, mark: tuple[str, int] | None) -> None:
+        """Drop what was appended since ``mark``, if it is still in the pack being written.
+
+        Pieces that went to a pack sealed since (a put larger than a pack) stay: complete
+        objects no file uses, which gc removes.
+        """
+        pack = self._pack
+        if pack is None:
+            return
+        if mark is None:
+            self.discard_pack()
+        elif mark[0] == pack.name:
+            with suppress(OSError):
+                pack.rewind(mark[1])
+
+    def discard_pack(self) -> None:
+        pack, self._pack = self._pack, None
+        if pack is not None:
+            pack.discard()
+
+    def stored(self, digest: str) -> tuple[Kind, int] | None:
+        """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query."""
+        found = packed_file(self._pack, self.index, self._absent, digest)
+        return found if found is not None else self._also_stored(digest)
+
+    def missing(self, wanted: Mapping[str, int]) -> set[str]:
+        """Of ``wanted`` (hash: size), the hashes whose content is not stored; batched index queries."""
+        absent = missing_files(self.index, wanted, self._also_stored)
+        if self.batching:
+            self._absent.update(bytes.fromhex(digest) for digest in absent)
+        return absent
 
 
 class PackedWriter:
     """One object streamed into the pack being written; ``commit`` ends its record, leaving ``with`` before drops it."""
 
-    def __init__(self, backend: PackHost, kind: Kind, digest: str, size: int) -> None:
+    def __init__(self, backend: PackingBackend, kind: Kind, digest: str, size: int) -> None:
         self._backend = backend
         self._kind = kind
         self._digest = bytes.fromhex(digest)
@@ -555,7 +620,7 @@ class PackedWriter:
         self.committed = True
 
 
-class LocalBackend:
+class LocalBackend(PackingBackend):
     """Objects in one local folder: appended to pack files, or files of their own where they must be.
 
     Clones and hard links (and every object of a version-1 store) are files under
@@ -573,7 +638,8 @@ class LocalBackend:
         self.batching = False
         self.unsynced = 0
         self._pack: PackWriter | None = None
-        self._absent: set[bytes] = set()  # not stored, as ``missing`` found in this batch
+        self._absent: set[bytes] = set()
+        self._writeback = start_writeback
         self._readers = PackReaders(self.packs_dir)
         self._loose_freed = 0
         try:
@@ -618,21 +684,7 @@ class LocalBackend:
 
     def _clean_temps(self) -> int:
         """Remove temp files left by writers that died; a live writer's file is left alone."""
-        removed = 0
-        now = time.time()
-        with os.scandir(self.tmp) as entries:
-            for entry in entries:
-                pid_text = entry.name.split(".", 1)[0]
-                try:
-                    pid = int(pid_text)
-                    age = now - entry.stat(follow_symlinks=False).st_mtime
-                except (ValueError, OSError):
-                    pid, age = 0, _STALE_TEMP_SECONDS
-                if pid > 0 and _alive(pid) and age < _STALE_TEMP_SECONDS:
-                    continue
-                with suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
+        removed = remove_dead_writers_temps(self.tmp)
         if removed:
             log.info("content store %s: removed %d temp files of interrupted writes", self.root, removed)
         return removed
@@ -702,26 +754,18 @@ class LocalBackend:
         size = self._loose_size(kind, digest)
         return (self.path(kind, digest), 0, size) if size is not None else None
 
-    def stored(self, digest: str) -> tuple[Kind, int] | None:
-        """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query."""
-        if (found := packed_file(self._pack, self.index, self._absent, digest)) is not None:
-            return found
-        for kind in _FILE_KINDS:
-            if (size := self._loose_size(kind, digest)) is not None:
-                return kind, size
-        return None
-
-    def missing(self, wanted: Mapping[str, int]) -> set[str]:
-        """Of ``wanted`` (hash: size), the hashes whose content is not stored; batched index queries."""
-        absent = missing_files(self.index, wanted, self.stored if self._loose else None)
-        if self.batching:
-            self._absent.update(bytes.fromhex(digest) for digest in absent)
-        return absent
-
     @property
     def loose_kinds(self) -> frozenset[Kind]:
         """Kinds of which this store has objects as files of their own (clones, links, version 1)."""
         return frozenset(self._loose)
+
+    def _also_stored(self, digest: str) -> tuple[Kind, int] | None:
+        if not self._loose:
+            return None
+        for kind in _FILE_KINDS:
+            if (size := self._loose_size(kind, digest)) is not None:
+                return kind, size
+        return None
 
     def _loose_size(self, kind: Kind, digest: str) -> int | None:
         # A store without loose objects of a kind (no clone, link or version-1 object yet) skips
@@ -735,43 +779,6 @@ class LocalBackend:
             return None
 
     # -- the pack being written ---------------------------------------------------------------
-
-    def pack_for(self, size: int) -> PackWriter:
-        """The pack to append an object of ``size`` bytes to (a full one is sealed first)."""
-        pack = self._pack
-        if pack is not None and pack.size > len(PACK_HEADER) and pack.size + size > PACK_TARGET:
-            self.seal()
-            pack = None
-        if pack is None:
-            with self.storing("a new pack"):
-                pack = self._pack = PackWriter(self.tmp, start_writeback)
-        return pack
-
-    def append(self, kind: Kind, digest: str, data: bytes | memoryview) -> None:
-        pack = self.pack_for(len(data))
-        try:  # not ``storing()``: a context manager per object was 6 % of snapshotting small files
-            pack.append(kind, bytes.fromhex(digest), data)
-        except OSError as exc:
-            self.raise_store_error(exc, f"{kind} {digest}")
-
-    def pack_mark(self) -> tuple[str, int] | None:
-        """Where the pack being written ends now (to ``rewind_pack`` to if a put fails)."""
-        return (self._pack.name, self._pack.mark()) if self._pack is not None else None
-
-    def rewind_pack(self, mark: tuple[str, int] | None) -> None:
-        """Drop what was appended since ``mark``, if it is still in the pack being written.
-
-        Pieces that went to a pack sealed since (a put larger than a pack) stay: complete
-        objects no file uses, which gc removes.
-        """
-        pack = self._pack
-        if pack is None:
-            return
-        if mark is None:
-            self.discard_pack()
-        elif mark[0] == pack.name:
-            with suppress(OSError):
-                pack.rewind(mark[1])
 
     def seal(self) -> None:
         """Make the pack being written durable, then name and index it. On failure its objects are dropped."""
@@ -791,13 +798,6 @@ class LocalBackend:
             raise
         log.debug("content store: sealed pack %s (%d objects, %d bytes)", path, len(pack.rows), pack.size)
 
-    def discard_pack(self) -> None:
-        pack, self._pack = self._pack, None
-        if pack is not None:
-            pack.discard()
-
-    # -- Backend ----------------------------------------------------------------------------
-
     def size(self, kind: Kind, digest: str) -> int | None:
         found = self.locate(kind, digest)
         return found[2] if found is not None else None
@@ -805,9 +805,6 @@ class LocalBackend:
     def writer(self, kind: Kind, digest: str) -> _LocalWriter:
         """A loose object (a clone); see ``packed_writer`` for bytes that are copied."""
         return _LocalWriter(self, kind, digest)
-
-    def packed_writer(self, kind: Kind, digest: str, size: int) -> PackedWriter:
-        return PackedWriter(self, kind, digest, size)
 
     def open(self, kind: Kind, digest: str) -> BinaryIO:
         raw = bytes.fromhex(digest)

@@ -50,6 +50,7 @@ from typing import Final, Protocol
 from daemon.durability import syncfs
 from daemon.errors import StrandlineError
 from daemon.manifest import FileState
+from daemon.temps import pid_alive
 
 __all__ = [
     "RESTORING_MARKER",
@@ -236,17 +237,7 @@ def restoring_pid(target: str | os.PathLike[str]) -> int | None:
             pid = int(fh.read().strip() or 0)
     except (OSError, ValueError):
         return None
-    return pid if pid > 0 and _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid if pid > 0 and pid_alive(pid) else None
 
 
 def _mark(root_fd: int, target: str) -> None:

@@ -58,21 +58,14 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar, cast
 
 import xxhash
 
-from daemon.content_store import (
-    PACK_TARGET,
-    PackedWriter,
-    StoreError,
-    StoreFullError,
-    missing_files,
-    packed_file,
-)
+from daemon.content_store import PackingBackend, StoreError, StoreFullError
 from daemon.errors import StrandlineError
 from daemon.objectstore import BucketRoot, ObjectEntry, adapter_for, classify_failure, list_prefix, tuning_of
 from daemon.store_packs import (
@@ -86,6 +79,7 @@ from daemon.store_packs import (
     Row,
     parse_records,
 )
+from daemon.temps import remove_dead_writers_temps
 
 __all__ = [
     "PART",
@@ -209,7 +203,7 @@ class _RangedObject(io.RawIOBase):
 # -- the backend -------------------------------------------------------------------------------
 
 
-class BucketBackend:
+class BucketBackend(PackingBackend):
     """``daemon.content_store.Backend`` over a bucket prefix, with a local spool for the pack being written.
 
     ``fs`` is the prefix's fsspec filesystem, built from the config's [s3]/[gcs]/[azure] section
@@ -257,13 +251,7 @@ class BucketBackend:
 
     def _clean_temps(self) -> None:
         """Remove packs left in the spool by writers that died (their pid is gone)."""
-        with os.scandir(self.tmp) as entries:
-            for entry in entries:
-                pid_text = entry.name.split(".", 1)[0]
-                if pid_text.isdigit() and _alive(int(pid_text)):
-                    continue
-                with suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+        remove_dead_writers_temps(self.tmp)
 
     # -- talking to the bucket ----------------------------------------------------------------
 
@@ -433,43 +421,6 @@ class BucketBackend:
 
     # -- the pack being written ---------------------------------------------------------------
 
-    def pack_for(self, size: int) -> PackWriter:
-        """The pack to append an object of ``size`` bytes to (a full one is sealed first)."""
-        pack = self._pack
-        if pack is not None and pack.size > len(PACK_HEADER) and pack.size + size > PACK_TARGET:
-            self.seal()
-            pack = None
-        if pack is None:
-            with self.storing("a new pack"):
-                pack = self._pack = PackWriter(self.tmp, None)
-        return pack
-
-    def append(self, kind: Kind, digest: str, data: bytes | memoryview) -> None:
-        pack = self.pack_for(len(data))
-        with self.storing(f"{kind} {digest}"):
-            pack.append(kind, bytes.fromhex(digest), data)
-
-    def packed_writer(self, kind: Kind, digest: str, size: int) -> PackedWriter:
-        return PackedWriter(self, kind, digest, size)
-
-    def pack_mark(self) -> tuple[str, int] | None:
-        return (self._pack.name, self._pack.mark()) if self._pack is not None else None
-
-    def rewind_pack(self, mark: tuple[str, int] | None) -> None:
-        pack = self._pack
-        if pack is None:
-            return
-        if mark is None:
-            self.discard_pack()
-        elif mark[0] == pack.name:
-            with suppress(OSError):
-                pack.rewind(mark[1])
-
-    def discard_pack(self) -> None:
-        pack, self._pack = self._pack, None
-        if pack is not None:
-            pack.discard()
-
     def seal(self) -> None:
         """Upload the pack being written, then its .idx, then index it. On failure its objects are dropped."""
         pack, self._pack = self._pack, None
@@ -517,15 +468,6 @@ class BucketBackend:
         return 0  # nothing is a file of its own here: packs give space back at compact
 
     # -- reading ----------------------------------------------------------------------------
-
-    def stored(self, digest: str) -> tuple[Kind, int] | None:
-        return packed_file(self._pack, self.index, self._absent, digest)
-
-    def missing(self, wanted: Mapping[str, int]) -> set[str]:
-        absent = missing_files(self.index, wanted)
-        if self.batching:
-            self._absent.update(bytes.fromhex(digest) for digest in absent)
-        return absent
 
     def size(self, kind: Kind, digest: str) -> int | None:
         raw = bytes.fromhex(digest)
@@ -665,13 +607,3 @@ class BucketBackend:
             freed,
         )
         return freed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

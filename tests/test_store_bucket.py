@@ -35,7 +35,7 @@ from schemas.config import DatasetConfig, StrandlineConfig
 from tests.conftest import s3_server
 from tests.helpers import probe_dataset, start_daemon
 from tests.test_clouds import AzureContainer, Cloud, GcsBucket
-from tests.test_time_machine import strandline, tree
+from tests.test_time_machine import strandline, tree, write_toml
 
 MiB = 1024 * 1024
 SMALL_THRESHOLD = 64 * 1024
@@ -264,27 +264,6 @@ def test_an_unreachable_or_missing_bucket_fails_the_put_with_a_clear_error_and_i
 # -- through the daemon ---------------------------------------------------------------------------
 
 
-def write_toml(config: StrandlineConfig, endpoint: str, path: Path) -> Path:
-    lines = [
-        f'state_dir = "{config.state_dir}"',
-        f"settle_seconds = {config.settle_seconds}",
-        "reconcile_interval_seconds = 0",
-        f'host = "{config.host}"',
-        "[kafka]",
-        f'bootstrap = "{config.kafka.bootstrap}"',
-        f'topic_prefix = "{config.kafka.topic_prefix}"',
-        "partitions = 1",
-        "[store]",
-        f'path = "{config.store.path}"',
-        "[s3]",
-        f'endpoint_url = "{endpoint}"',
-    ]
-    for ds in config.datasets:
-        lines += ["[[datasets]]", f'name = "{ds.name}"', f'root = "{ds.root}"', f'snapshot = "{ds.snapshot}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def test_the_daemon_snapshots_into_a_bucket_store_and_restore_brings_it_back(
     config_for: Any, tmp_path: Path, s3_endpoint: str, bucket: str, s3: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -300,7 +279,7 @@ def test_the_daemon_snapshots_into_a_bucket_store_and_restore_brings_it_back(
         store={"path": f"s3://{bucket}/store"},
         s3={"endpoint_url": s3_endpoint},
     )
-    cfg = write_toml(config, s3_endpoint, tmp_path / "strandline.toml")
+    cfg = write_toml(config, tmp_path / "strandline.toml", s3_endpoint=s3_endpoint)
     (data / "t.csv").write_text("id,v\n" + "".join(f"{i},{i * 0.5}\n" for i in range(1000)))
     (data / "sub").mkdir()
     (data / "sub" / "blob.bin").write_bytes(random.Random(5).randbytes(200_000))

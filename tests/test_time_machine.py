@@ -34,7 +34,7 @@ from tests.helpers import probe_dataset, publish, read_events, start_daemon, ver
 MiB = 1024 * 1024
 
 
-def write_toml(config: StrandlineConfig, path: Path) -> Path:
+def write_toml(config: StrandlineConfig, path: Path, *, s3_endpoint: str | None = None) -> Path:
     """The config as a TOML file, for the `strandline` subprocesses (only what these tests set)."""
     lines = [
         f'state_dir = "{config.state_dir}"',
@@ -48,6 +48,8 @@ def write_toml(config: StrandlineConfig, path: Path) -> Path:
     ]
     if config.store.path is not None:
         lines += ["[store]", f'path = "{config.store.path}"']
+    if s3_endpoint is not None:
+        lines += ["[s3]", f'endpoint_url = "{s3_endpoint}"']
     for ds in config.datasets:
         lines += ["[[datasets]]", f'name = "{ds.name}"', f'root = "{ds.root}"', f'snapshot = "{ds.snapshot}"']
         if ds.settle_seconds is not None:
