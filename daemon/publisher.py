@@ -2,6 +2,8 @@
 
 When Kafka is unreachable the daemon goes on versioning; the publisher logs one "degraded"
 line, retries with backoff, and one "recovered" line when the backlog starts moving again.
+With nothing to send, it asks Kafka for its cluster metadata every ``IDLE_PROBE_SECONDS``, so a
+broker lost while the daemon is idle still shows (``/readyz`` 503) before the next version.
 Delivery is at-least-once: a crash between the broker's ack and the catalog update re-sends
 a record with the same ``ce_id``, which consumers de-duplicate on.
 """
@@ -18,7 +20,7 @@ from typing import Any
 from daemon.catalog import Catalog
 from daemon.errors import PublishError
 from daemon.events import health_message
-from daemon.kafka_client import ensure_topics, make_producer
+from daemon.kafka_client import check_connection, ensure_topics, make_producer
 from daemon.metrics import latency_histogram
 from daemon.outbox import PendingMessage
 from schemas.config import KafkaConfig
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 _BATCH = 1000
 _SLOW_ACK_SECONDS = 10.0
 _PRUNE_AFTER_SECONDS = 7 * 86400
+# An idle publisher checks Kafka this often (it would otherwise only notice at the next send).
+IDLE_PROBE_SECONDS = 15.0
 
 
 class Publisher:
@@ -56,6 +60,9 @@ class Publisher:
         self._topics_checked = False
         self._stop = threading.Event()
         self._give_up_at = float("inf")
+        # Monotonic time Kafka last answered us. Counted from the start: the first idle check
+        # waits IDLE_PROBE_SECONDS, so a broker still starting next to us is not called lost.
+        self._last_contact = time.monotonic()
 
     def __enter__(self) -> Publisher:
         self._catalog = Catalog(self._catalog_path)
@@ -183,8 +190,20 @@ class Publisher:
             return 0
         sent = self._send_batch(batch)
         self.published += sent
+        self._last_contact = time.monotonic()
         self._recovered()
         return sent
+
+    def probe(self) -> None:
+        """Ask Kafka for its cluster metadata (logged in as our clients are); degraded or recovered by the answer."""
+        assert self._catalog is not None
+        try:
+            check_connection(self._kafka)
+        except PublishError as exc:
+            self._degraded(str(exc), self._catalog.backlog()[0])
+            return
+        self._last_contact = time.monotonic()
+        self._recovered()
 
     def run(self, stop: threading.Event) -> None:
         assert self._catalog is not None
@@ -205,6 +224,8 @@ class Publisher:
                 continue
             if sent:
                 continue
+            if time.monotonic() - self._last_contact > IDLE_PROBE_SECONDS:
+                self.probe()
             if time.time() - last_prune > 3600:
                 last_prune = time.time()
                 self._catalog.prune_delivered(_PRUNE_AFTER_SECONDS)

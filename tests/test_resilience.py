@@ -336,3 +336,35 @@ def test_a_consumer_started_before_kafka_waits_not_ready_and_starts_once_kafka_a
             proc.wait()
         notify.close()
         kafka_broker.stop(broker_dir)
+
+
+def test_kafka_lost_while_the_daemon_is_idle_makes_it_not_ready_and_found_again_ready(
+    config_for, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.publisher
+
+    monkeypatch.setattr(daemon.publisher, "IDLE_PROBE_SECONDS", 1.0)  # the default 15 s, shortened for the test
+    broker_dir = tmp_path / "own-broker"
+    bootstrap = kafka_broker.start(broker_dir)
+    config = config_for(
+        [DatasetConfig(name="idle", root=data_dir, settle_seconds=0.2)],
+        kafka={"bootstrap": bootstrap, "topic_prefix": "idle", "partitions": 1},
+        http="127.0.0.1:0",
+    )
+    running = start_daemon(config)
+    try:
+        assert running.daemon.http_address is not None
+        host, port = running.daemon.http_address
+        base = f"http://{host}:{port}"
+        wait_for(lambda: _get(base + "/readyz")[0] == 200, 30, what="ready")
+        kafka_broker.stop(broker_dir)
+        # Nothing changes on disk, so nothing is sent: only the idle check can notice.
+        _, body = wait_for(lambda: (r := _get(base + "/readyz"))[0] == 503 and r, 30, what="not ready")
+        degraded = json.loads(body)["degraded"]
+        assert [d["part"] for d in degraded] == ["kafka"] and bootstrap in degraded[0]["reason"]
+        assert running.backlog() == 0
+        kafka_broker.start(broker_dir)
+        wait_for(lambda: _get(base + "/readyz")[0] == 200, 60, what="ready again")
+    finally:
+        running.stop()
+        kafka_broker.stop(broker_dir)
