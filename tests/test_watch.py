@@ -115,7 +115,9 @@ def test_write_to_temp_name_then_rename_yields_one_version_and_no_temp_file(
 
 def test_touch_without_change_and_a_reverted_edit_make_no_version(config_for, data_dir: Path) -> None:
     (data_dir / "stable.csv").write_text("a\n1\n")
-    config = config_for([DatasetConfig(name="stable", root=data_dir, settle_seconds=0.3)])
+    # The edit and its revert must both land inside the window: 1 s, not 0.3 s, because a loaded
+    # CI machine once descheduled this test between the two writes for longer than 0.3 s.
+    config = config_for([DatasetConfig(name="stable", root=data_dir, settle_seconds=1.0)])
     running = start_daemon(config)
     try:
         wait_for(lambda: running.versions("stable"), what="initial version")
