@@ -521,9 +521,24 @@ class PackingBackend:
     def seal(self) -> None:
         raise NotImplementedError
 
-    def _also_stored(self, digest: str) -> tuple[Kind, int] | None:
-        """A file's content kept outside the packs (loose files); none by default."""
+    def _loose_size(self, kind: Kind, digest: str) -> int | None:
+        """The size of an object kept outside the packs (a loose file); none by default."""
         return None
+
+    def _also_stored(self, digest: str) -> tuple[Kind, int] | None:
+        """A file's content kept outside the packs: its blob or recipe as a loose file."""
+        for kind in _FILE_KINDS:
+            if (size := self._loose_size(kind, digest)) is not None:
+                return kind, size
+        return None
+
+    def size(self, kind: Kind, digest: str) -> int | None:
+        """The object's size, or None when it is not stored (no read: the pack being written is not drained)."""
+        raw = bytes.fromhex(digest)
+        if self._pack is not None and (found := self._pack.pending.get((kind, raw))) is not None:
+            return found.size
+        location = self.index.lookup(kind, raw)
+        return location.size if location is not None else self._loose_size(kind, digest)
 
     def pack_for(self, size: int) -> PackWriter:
         """The pack to append an object of ``size`` bytes to (a full one is sealed first)."""
@@ -759,14 +774,6 @@ class LocalBackend(PackingBackend):
         """Kinds of which this store has objects as files of their own (clones, links, version 1)."""
         return frozenset(self._loose)
 
-    def _also_stored(self, digest: str) -> tuple[Kind, int] | None:
-        if not self._loose:
-            return None
-        for kind in _FILE_KINDS:
-            if (size := self._loose_size(kind, digest)) is not None:
-                return kind, size
-        return None
-
     def _loose_size(self, kind: Kind, digest: str) -> int | None:
         # A store without loose objects of a kind (no clone, link or version-1 object yet) skips
         # the stat: it would cost one per file looked up. Loose objects appear only through this
@@ -797,10 +804,6 @@ class LocalBackend(PackingBackend):
             pack.discard()
             raise
         log.debug("content store: sealed pack %s (%d objects, %d bytes)", path, len(pack.rows), pack.size)
-
-    def size(self, kind: Kind, digest: str) -> int | None:
-        found = self.locate(kind, digest)
-        return found[2] if found is not None else None
 
     def writer(self, kind: Kind, digest: str) -> _LocalWriter:
         """A loose object (a clone); see ``packed_writer`` for bytes that are copied."""
@@ -961,9 +964,6 @@ def missing_files(
 
     Asked in batches (a query per file was an eighth of snapshotting 20,000 small files);
     ``also`` is asked about each one the index lacks (loose files), when given.
-
-    A backend remembers the answer for the rest of its batch, so the puts that follow skip
-    their own lookups.
     """
     raws = {bytes.fromhex(digest): size for digest, size in wanted.items()}
     found = index.files_present(list(raws))

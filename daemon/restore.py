@@ -89,9 +89,11 @@ class UnsafePathError(RestoreError):
 class ContentSource(Protocol):
     """What restore needs of a store (``daemon.content_store.ContentStore`` is one)."""
 
-    def has(self, digest: str) -> bool: ...
+    def missing(self, wanted: Mapping[str, int]) -> set[str]: ...
 
     def iter_content(self, digest: str) -> Iterator[bytes]: ...
+
+    def clone_to(self, digest: str, fd: int) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +289,7 @@ def _stage(store: ContentSource, staging_fd: int, index: int, entry: _Entry) -> 
     fd = os.open(str(index), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=staging_fd)
     written = 0
     try:
-        clone_to = getattr(store, "clone_to", None)
-        if entry.size > _CLONE_ABOVE and clone_to is not None and clone_to(entry.digest, fd):
+        if entry.size > _CLONE_ABOVE and store.clone_to(entry.digest, fd):
             # Shares the store's extents: no bytes written (reflink stores), checked all the same.
             if os.fstat(fd).st_size != entry.size:
                 raise RestoreError(
@@ -418,8 +419,9 @@ def _restore(
 ) -> RestoreSummary:
     entries = _plan(manifest, name_max)
     dirs = _needed_dirs(entries)
+    absent = store.missing({e.digest: e.size for e in entries})  # batched: not a lookup per file
     for e in entries:
-        if not store.has(e.digest):
+        if e.digest in absent:
             raise RestoreError(
                 f"cannot restore {e.rel!r}: its content ({e.digest}) is not in the store; target unchanged"
             )

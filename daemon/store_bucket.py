@@ -469,13 +469,6 @@ class BucketBackend(PackingBackend):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def size(self, kind: Kind, digest: str) -> int | None:
-        raw = bytes.fromhex(digest)
-        if self._pack is not None and (found := self._pack.pending.get((kind, raw))) is not None:
-            return found.size
-        location = self.index.lookup(kind, raw)
-        return location.size if location is not None else None
-
     def open(self, kind: Kind, digest: str) -> BinaryIO:
         raw = bytes.fromhex(digest)
         if self._pack is not None and (pending := self._pack.pending.get((kind, raw))) is not None:

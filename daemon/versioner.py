@@ -277,22 +277,16 @@ class Versioner:
                     tables=tables,
                     snapshot=kept.snapshot,
                 )
-        except SnapshotRetry as exc:
-            self._view = None  # it holds this pass's changes: built again from the catalog
+        except (SnapshotRetry, ChangedWhileProfilingError) as exc:
+            # A file moved on while it was stored or profiled: the view holds some of this
+            # pass's changes, so it is built again from the catalog, and the pass retried.
+            self._view = None
+            what = "changed while being profiled" if isinstance(exc, ChangedWhileProfilingError) else ""
             log.info(
-                "dataset %s: %s; versioning after it settles",
+                "dataset %s: %s%s; versioning after it settles",
                 self.dataset.name,
                 exc,
-                extra={"dataset": self.dataset.name},
-            )
-            outcome.retry = True
-            return outcome
-        except ChangedWhileProfilingError as exc:
-            self._view = None  # it may hold some of the changes: built again from the catalog
-            log.info(
-                "dataset %s: %s changed while being profiled; versioning after it settles",
-                self.dataset.name,
-                exc,
+                f" {what}" if what else "",
                 extra={"dataset": self.dataset.name},
             )
             outcome.retry = True

@@ -177,6 +177,14 @@ def _config(tmp_path: Path, root: Path, **dataset: object) -> StrandlineConfig:
     )
 
 
+def _reconciled(catalog: Catalog, config: StrandlineConfig) -> Engine:
+    """An engine that has versioned its datasets once, as at start."""
+    engine = Engine(catalog, config, list(config.datasets))
+    engine.request_reconcile()
+    engine.process_due(ignore_settle=True)
+    return engine
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -190,9 +198,7 @@ def test_looking_up_changed_paths_uses_the_index_of_current_entries(tmp_path: Pa
     _write(root, {n: n for n in names})
     config = _config(tmp_path, root)
     with Catalog(catalog_path(config)) as catalog:
-        engine = Engine(catalog, config, list(config.datasets))
-        engine.request_reconcile()
-        engine.process_due(ignore_settle=True)
+        _reconciled(catalog, config)
         ds = catalog.dataset("d").id
         assert set(catalog.current_states(ds, ["a"])) == {"a/x", "a/y/z"}
         assert set(catalog.current_states(ds, ["a/x", "b.bin"])) == {"a/x", "b.bin"}
@@ -206,9 +212,7 @@ def test_stored_table_reads_are_found_by_primary_key_not_by_a_scan(tmp_path: Pat
     _write(root, {f"t{i:03}.csv": f"x,y\n{i},{i * 2}\n" for i in range(50)})
     config = _config(tmp_path, root)
     with Catalog(catalog_path(config)) as catalog:
-        engine = Engine(catalog, config, list(config.datasets))
-        engine.request_reconcile()
-        engine.process_due(ignore_settle=True)
+        _reconciled(catalog, config)
         ds = catalog.dataset("d").id
         keys = [(st.hash, "csv") for st in list(catalog.current_states(ds).values())[:7]]
         assert set(catalog.file_tables(ds, keys)) == set(keys)
@@ -233,9 +237,7 @@ def test_a_version_of_many_tables_equals_the_flat_merge_and_asks_for_few_stored_
     _write(root, files)
     config = _config(tmp_path, root)
     with Catalog(catalog_path(config)) as catalog:
-        engine = Engine(catalog, config, list(config.datasets))
-        engine.request_reconcile()
-        engine.process_due(ignore_settle=True)
+        engine = _reconciled(catalog, config)
         assert engine.versions_created == 1
         rng = random.Random(2)
         edited = rng.sample(sorted(files), 5)
@@ -292,9 +294,7 @@ def test_a_restarted_versioner_gives_the_same_ids_as_one_that_kept_its_view(tmp_
     _write(root, {f"f{i:03}.bin": f"content {i}" for i in range(80)})
     config = _config(tmp_path, root)
     with Catalog(catalog_path(config)) as catalog:
-        kept = Engine(catalog, config, list(config.datasets))
-        kept.request_reconcile()
-        kept.process_due(ignore_settle=True)
+        kept = _reconciled(catalog, config)
         for round_ in range(4):
             _write(root, {f"f{round_:03}.bin": f"edit {round_}", f"new{round_}.bin": "n"})
             (root / f"f{70 + round_:03}.bin").unlink()
@@ -330,9 +330,7 @@ def test_a_listing_never_overrides_a_notification_that_came_before_it(tmp_path: 
     _write(root, {"a.bin": "first", "b.bin": "first"})
     config = _config(tmp_path, root)
     with Catalog(catalog_path(config)) as catalog:
-        engine = Engine(catalog, config, list(config.datasets))
-        engine.request_reconcile()
-        engine.process_due(ignore_settle=True)
+        engine = _reconciled(catalog, config)
         known = catalog.current_states(catalog.dataset("d").id)
         stale = {rel: FileStat(st.size, st.mtime_ns, st.inode, st.etag) for rel, st in known.items()}
         _write(root, {"a.bin": "second!", "b.bin": "second!"})
