@@ -43,7 +43,7 @@ from daemon.objectstore import (
     parse_root,
 )
 from daemon.scanner import FileStat, OnReject, Rejection
-from daemon.sources import KEEP_FILE, KEEP_TOTAL
+from daemon.sources import KeptBytes
 from schemas.config import StoreSettings
 from schemas.events import RejectReason
 
@@ -81,8 +81,7 @@ class BucketSource:
         self._spool = Path(spool_dir)
         self._kept: dict[str, Path] = {}
         self.keep_small_files = False
-        self._small: dict[str, tuple[str, bytes]] = {}  # small objects' bytes, read while hashed
-        self._small_bytes = 0
+        self._small = KeptBytes()  # small objects' bytes, read while hashed
         self._fs: Any = None
 
     @property
@@ -159,12 +158,11 @@ class BucketSource:
         try:
             if keep:
                 digest = self._download(rel, key, fs.etag)
-            elif self.keep_small_files and fs.size <= KEEP_FILE and self._small_bytes + fs.size <= KEEP_TOTAL:
+            elif self.keep_small_files and fs.size <= self._small.room_for(fs.size):
                 # The snapshot stores these bytes: no second (HEAD and) GET of the object for it.
                 sink = io.BytesIO()
                 digest = hash_object(self.fs, self.root, key, etag=fs.etag or None, sink=sink)
-                self._small[rel] = (digest, sink.getvalue())
-                self._small_bytes += len(self._small[rel][1])
+                self._small.add(rel, digest, sink.getvalue())
             else:
                 digest = hash_object(self.fs, self.root, key, etag=fs.etag or None)
         except UnreadableDataError as exc:
@@ -207,9 +205,8 @@ class BucketSource:
 
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
         """From the pass's spooled copy when there is one, else from one more conditional GET."""
-        small = self._small.pop(rel, None)
-        if small is not None and small[0] == state.hash and len(small[1]) == state.size:
-            return store.put_bytes(small[1], state.hash, name=f"{self.root.url}{rel}")
+        if (done := self._small.store(rel, state, store, f"{self.root.url}{rel}")) is not None:
+            return done
         kept = self._kept.get(rel)
         if kept is not None:
             return store.put(kept, state.hash, state.size, "copy")
@@ -227,7 +224,6 @@ class BucketSource:
             path.unlink(missing_ok=True)
         self._kept.clear()
         self._small.clear()
-        self._small_bytes = 0
 
 
 def _kind(exc: UnreadableDataError) -> FailureKind:

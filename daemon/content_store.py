@@ -1209,7 +1209,7 @@ class ContentStore:
             os.close(fd)
             self._end_put()
 
-    def put_bytes(self, data: bytes, expected_hash: str, *, name: str = "bytes") -> PutResult:
+    def put_bytes(self, data: bytes | memoryview, expected_hash: str, *, name: str = "bytes") -> PutResult:
         """Store ``data``, which must hash to ``expected_hash`` (a small file read once while fingerprinted).
 
         As ``put`` by copy, for files up to ``chunk_threshold``; raises ``SourceChangedError``

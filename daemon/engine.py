@@ -30,7 +30,7 @@ from daemon.scanner import FileStat, Rejection
 from daemon.sdnotify import Heartbeat
 from daemon.snapshots import Snapshotter
 from daemon.sources import open_source
-from daemon.store_open import store_site
+from daemon.store_open import StoreSite, store_site
 from daemon.versioner import Versioner
 from daemon.watcher import Kind
 from schemas.config import DatasetConfig, StrandlineConfig
@@ -129,17 +129,23 @@ class Engine:
         self.passes = 0  # versioning passes run (one per quiet change-set or reconcile)
         self.heartbeat = Heartbeat()  # beaten each time the loop comes round (systemd's watchdog)
         self.metrics = EngineMetrics()
+        self._store_sites: dict[str, StoreSite] = {}
         for ds in datasets:
             self._add(ds)
 
     # -- datasets and routing -----------------------------------------------------------
+
+    def _store_site(self) -> StoreSite:
+        """The content store's site, one per location for all datasets (they share the opened store)."""
+        site = store_site(self.config)
+        return self._store_sites.setdefault(site.location, site)
 
     def _build(self, ds: DatasetConfig) -> _Dataset:
         spool = str(state_dir(self.config) / "spool" / ds.name)
         source = open_source(ds.root, spool_dir=spool, settings=self.config.store_settings(ds.root))
         snapshotter = None
         if ds.snapshot != "none":
-            snapshotter = Snapshotter(store_site(self.config), ds.name, ds.snapshot, source)
+            snapshotter = Snapshotter(self._store_site(), ds.name, ds.snapshot, source)
         versioner = Versioner(
             self.catalog, self.config, ds, on_version=self._on_version, source=source, snapshotter=snapshotter
         )

@@ -150,7 +150,7 @@ class Snapshotter:
     def store(self) -> ContentStore:
         """The content store, opened on first use (a store that cannot be opened fails a snapshot, not the daemon)."""
         if self._store is None:
-            self._store = self.site.open()
+            self._store = self.site.shared()
             self.mode = resolve_policy(self.wanted, self.site, self.source)
             self._copies_small_files()
             if self.site.is_bucket and self.wanted in ("reflink", "hardlink"):
