@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,9 @@ class BucketSource:
                 raise VanishedError(f"{self.root.url}{rel} changed since it was versioned")
             kept = self._kept[rel]
         return os.fspath(kept)
+
+    def keep_kept(self, states: Mapping[str, FileState], store: ContentStore) -> tuple[set[str], int, int]:
+        return self._small.store_many(states, store)
 
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
         """From the pass's spooled copy when there is one, else from one more conditional GET."""

@@ -466,8 +466,13 @@ class Catalog:
         quality: Quality | None = None,
         tables: Sequence[FileTable] = (),
         snapshot: Snapshot | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> VersionRow:
-        """Record a version, its entries, its quality, the tables read and its outbox messages in one transaction."""
+        """Record a version, its entries, its quality, the tables read and its outbox messages in one transaction.
+
+        ``before_commit`` runs last inside the transaction: an error from it rolls everything
+        back (the versioner waits there for the snapshot's bytes to be durable).
+        """
         counts = {"added": 0, "modified": 0, "removed": 0}
         for c in changes:
             counts[c.change] += 1
@@ -553,6 +558,8 @@ class Catalog:
                     ),
                 )
             self._enqueue(db, build_messages(row))
+            if before_commit is not None:
+                before_commit()
         return row
 
     # -- tables and quality -------------------------------------------------------------

@@ -102,6 +102,7 @@ import re
 import sqlite3
 import stat
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -370,6 +371,8 @@ class Backend(Protocol):
     """Set by ``ContentStore.batch``: ``flush`` waits for the end of the batch."""
     unsynced: int
     """Objects named in this batch whose bytes still need a sync of the filesystem (local clones, links)."""
+    on_durable: Callable[[], None] | None
+    """Called by ``flush`` once what it seals is durable, before it is indexed (then cleared)."""
 
     def storing(self, what: str) -> AbstractContextManager[None]:
         """Turn the failures of storing ``what`` into ``StoreError``/``StoreFullError``."""
@@ -515,11 +518,39 @@ class PackingBackend:
     # sync_file_range as the pack grows (local); None where the pack is only a spool to upload.
     _writeback: Callable[[int, int, int], object] | None = None
 
+    # Called once what was stored is durable and before it is indexed: a batch sealed in the
+    # background lets its version commit from then on (``ContentStore.batch``).
+    on_durable: Callable[[], None] | None = None
+
     def storing(self, what: str) -> AbstractContextManager[None]:
         raise NotImplementedError
 
-    def seal(self) -> None:
+    def _seal_durably(self) -> PackWriter | None:
+        """Make the pack being written durable and name it (an fsync and a rename, an upload); it, if any.
+
+        On failure its objects are dropped.
+        """
         raise NotImplementedError
+
+    def seal(self) -> None:
+        """Make the pack being written durable, name it and index it."""
+        sealed = self._seal_durably()
+        if sealed is not None:
+            self._index_sealed(sealed)
+
+    def _index_sealed(self, pack: PackWriter) -> None:
+        # A crash (or an error) before these rows are committed costs nothing but time: the
+        # pack is named, and the next open indexes it from its records.
+        try:
+            with self.storing(f"the index of pack {pack.name}"):
+                self.index.add_pack(pack.name, pack.size, pack.rows)
+        finally:
+            pack.discard()
+
+    def _durable(self) -> None:
+        hook, self.on_durable = self.on_durable, None
+        if hook is not None:
+            hook()
 
     def _loose_size(self, kind: Kind, digest: str) -> int | None:
         """The size of an object kept outside the packs (a loose file); none by default."""
@@ -787,23 +818,22 @@ class LocalBackend(PackingBackend):
 
     # -- the pack being written ---------------------------------------------------------------
 
-    def seal(self) -> None:
-        """Make the pack being written durable, then name and index it. On failure its objects are dropped."""
+    def _seal_durably(self) -> PackWriter | None:
         pack, self._pack = self._pack, None
         if pack is None:
-            return
+            return None
         if not pack.rows:
             pack.discard()
-            return
+            return None
         try:
             with self.storing(f"pack {pack.name}"):
                 path = pack.seal(self.packs_dir)
                 fsync_dir(self.packs_dir)
-                self.index.add_pack(pack.name, pack.size, pack.rows)
         except BaseException:
             pack.discard()
             raise
         log.debug("content store: sealed pack %s (%d objects, %d bytes)", path, len(pack.rows), pack.size)
+        return pack
 
     def writer(self, kind: Kind, digest: str) -> _LocalWriter:
         """A loose object (a clone); see ``packed_writer`` for bytes that are copied."""
@@ -933,11 +963,16 @@ class LocalBackend(PackingBackend):
         if self.batching:
             return
         self._absent.clear()
-        self.seal()
-        dirty, self._dirty = self._dirty, set()
-        for folder in sorted(dirty):
-            with self.storing(f"folder {folder}"):
-                fsync_dir(folder)
+        sealed = self._seal_durably()
+        try:
+            dirty, self._dirty = self._dirty, set()
+            for folder in sorted(dirty):
+                with self.storing(f"folder {folder}"):
+                    fsync_dir(folder)
+            self._durable()
+        finally:
+            if sealed is not None:
+                self._index_sealed(sealed)
 
 
 def packed_file(pack: PackWriter | None, index: PackIndex, absent: set[bytes], digest: str) -> tuple[Kind, int] | None:
@@ -1088,6 +1123,52 @@ class _IterStream(io.RawIOBase):
         super().close()
 
 
+class Sealing:
+    """The end of a batch: ``wait()`` returns once what it stored is durable, or raises why not.
+
+    Inline (the default), that is done when the batch block exits. In the background
+    (``ContentStore.batch(seal_in_background=True)``) a thread does it: ``wait()`` returns as
+    soon as the bytes are durable, while the thread goes on indexing them; ``join()`` waits for
+    all of it. An error after the bytes are durable only costs the index rows (the next open
+    indexes the pack), so it is logged, not raised.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._durable = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, backend: Backend, seal: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                seal()
+            except BaseException as exc:
+                if not self._durable.is_set():
+                    self._error = exc  # handed to whoever waits
+                else:
+                    log.warning("content store: a sealed pack is not indexed yet (%s); the next open indexes it", exc)
+            finally:
+                backend.on_durable = None
+                self._durable.set()
+
+        backend.on_durable = self._durable.set
+        # Not a daemon thread: an exit waits for the index rows rather than leave them to the next open.
+        self._thread = threading.Thread(target=run, name="strandline-seal")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._durable.wait()
+        if self._error is not None:
+            raise self._error
+
+    def join(self) -> None:
+        """Wait until the background seal has finished, indexing included; raises as ``wait``."""
+        if self._thread is not None:
+            self._thread.join()
+        self.wait()
+
+
 # -- the store ------------------------------------------------------------------------------
 
 
@@ -1111,6 +1192,7 @@ class ContentStore:
         self.root = self.backend.root
         self.chunk_threshold = chunk_threshold
         self.chunk_params = chunk_params
+        self._sealing: Sealing | None = None  # a batch sealed in the background, until waited for
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -1120,6 +1202,7 @@ class ContentStore:
         With ``size``, a blob must also have that size: a blob cut short by a crash during a
         ``batch`` (named, but its data never reached the disk) does not count as stored.
         """
+        self.settle()
         _check_digest(digest)
         found = self.backend.stored(digest)
         if found is None:
@@ -1130,13 +1213,14 @@ class ContentStore:
 
     def missing(self, wanted: Mapping[str, int]) -> set[str]:
         """Of ``wanted`` (hash: size), the hashes not stored yet; use it before many puts in a batch."""
+        self.settle()
         for digest in wanted:
             _check_digest(digest)
         with self.backend.storing("a lookup"):
             return self.backend.missing(wanted)
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, seal_in_background: bool = False) -> Iterator[Sealing]:
         """Store many files with one sync at the end instead of one per put.
 
         What was put in the batch is durable when the block exits normally (a version must be
@@ -1144,15 +1228,23 @@ class ContentStore:
         syncfs runs when clones or links were named without their own fsync. The block raises
         ``StoreError`` when that fails, and then nothing it stored counts as stored. Leaving the
         block by an exception still seals what was stored (whole, checked objects).
+
+        ``seal_in_background``: the exit only starts that sync, in a thread, so the caller can
+        prepare its commit meanwhile (the fsync of a batch of 20,000 small files is ~0.25 s,
+        as long as recording their version). The yielded ``Sealing``'s ``wait()`` returns once
+        the batch is durable and raises the ``StoreError`` the exit would have raised; until
+        then the store must not be used (the next ``batch`` waits for it first).
         """
         backend = self.backend
+        sealing = Sealing()
         if backend.batching:
-            yield
+            yield sealing
             return
+        self.settle()
         backend.batching = True
         backend.unsynced = 0
         try:
-            yield
+            yield sealing
         except BaseException:
             backend.batching = False
             try:
@@ -1161,6 +1253,14 @@ class ContentStore:
                 log.warning("content store: what this batch stored is dropped: %s", exc)
             raise
         backend.batching = False
+        if seal_in_background:
+            self._sealing = sealing
+            sealing.start(backend, self._seal_batch)
+        else:
+            self._seal_batch()
+
+    def _seal_batch(self) -> None:
+        backend = self.backend
         # Only loose blobs named without their fsync need the syncfs; it would also flush every
         # other dirty file of the filesystem (a big file just versioned), so a batch that named
         # none skips it.
@@ -1169,6 +1269,13 @@ class ContentStore:
                 syncfs(backend.root)
             backend.unsynced = 0
         backend.flush()
+
+    def settle(self) -> None:
+        """Wait for a batch still being sealed in the background; its error is its waiter's to report."""
+        sealing, self._sealing = self._sealing, None
+        if sealing is not None:
+            with suppress(StoreError):
+                sealing.join()
 
     def put(self, path: str | os.PathLike[str], expected_hash: str, size: int, mode: PutMode = "copy") -> PutResult:
         """Store the bytes of the file at ``path``, which must be ``size`` bytes hashing to ``expected_hash``.
@@ -1179,6 +1286,7 @@ class ContentStore:
         when ``mode`` cannot be used here (fall back to copy), ``UnreadableDataError`` when the
         file cannot be read. On any error nothing new is left under a final name.
         """
+        self.settle()
         digest = _check_digest(expected_hash)
         if mode not in ("copy", "reflink", "hardlink"):
             raise ValueError(f"unknown put mode {mode!r}; use copy, reflink or hardlink")
@@ -1215,6 +1323,7 @@ class ContentStore:
         As ``put`` by copy, for files up to ``chunk_threshold``; raises ``SourceChangedError``
         when the bytes do not hash to ``expected_hash``.
         """
+        self.settle()
         digest = _check_digest(expected_hash)
         size = len(data)
         if size > self.chunk_threshold:
@@ -1230,6 +1339,34 @@ class ContentStore:
         finally:
             self._end_put()
         return PutResult(digest, size, "blob", "copy", size)
+
+    def put_many_bytes(self, items: Iterable[tuple[str, str, bytes | memoryview]]) -> tuple[int, int]:
+        """``put_bytes`` for many small files at once: ``(name, expected_hash, data)`` each.
+
+        The same checks and the same layout, without a call and a result per file (a snapshot
+        of 20,000 small files spent more in that than in copying their bytes). Returns (files
+        stored, bytes stored), the present ones left out; raises as ``put_bytes`` does, on the
+        first file whose bytes do not hash to its digest (the ones before it stay stored).
+        """
+        self.settle()
+        backend = self.backend
+        files = stored = 0
+        try:
+            for name, expected_hash, data in items:
+                size = len(data)
+                if size > self.chunk_threshold:
+                    raise ValueError(f"put_many_bytes takes files up to {self.chunk_threshold} bytes, not {size}")
+                if self._present(_check_digest(expected_hash), size) is not None:
+                    continue
+                if (got := xxhash.xxh3_128_hexdigest(data)) != expected_hash:
+                    raise _changed(name, f"its bytes hash to {got}, expected {expected_hash}")
+                backend.append("blob", expected_hash, data)
+                files += 1
+                stored += size
+            backend.flush()
+        finally:
+            self._end_put()
+        return files, stored
 
     def _present(self, digest: str, size: int) -> PutResult | None:
         found = self.backend.stored(digest)
@@ -1248,6 +1385,7 @@ class ContentStore:
         used in messages. Raises ``SourceChangedError`` when the bytes read are not the
         expected ones, ``UnreadableDataError`` when the stream raises ``OSError``.
         """
+        self.settle()
         digest = _check_digest(expected_hash)
         if (present := self._present(digest, size)) is not None:
             return present
@@ -1437,6 +1575,7 @@ class ContentStore:
         whole blob is checked as a whole, so its error comes after its last piece: a caller
         must treat everything it received as void when the iteration raises.
         """
+        self.settle()
         _check_digest(digest)
         found = self.backend.stored(digest)
         if found is None:
@@ -1450,6 +1589,7 @@ class ContentStore:
         same reflink-capable filesystem. The clone is hashed before this returns True: a damaged
         object raises ``DamagedObjectError`` as ``iter_content`` would.
         """
+        self.settle()
         _check_digest(digest)
         backend = self.backend
         if not isinstance(backend, LocalBackend) or "blob" not in backend.loose_kinds:
@@ -1476,6 +1616,7 @@ class ContentStore:
 
     def open_file(self, digest: str) -> io.BufferedReader:
         """A binary stream of the stored bytes of ``digest``, checked as by ``iter_content``."""
+        self.settle()
         return io.BufferedReader(_IterStream(self.iter_content(digest)), buffer_size=_READ_BLOCK)
 
     def _read_piece(self, kind: Kind, piece: str, digest: str) -> bytes:
@@ -1538,6 +1679,7 @@ class ContentStore:
     # -- inspecting -------------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
+        self.settle()
         counts: dict[Kind, tuple[int, int]] = {}
         for kind in KINDS:
             n = total = 0
@@ -1570,6 +1712,7 @@ class ContentStore:
         chunked file end to end and checks its whole-file hash (the recipe checksum, page and
         chunk hashes already make that redundant unless a put stored a wrong recipe).
         """
+        self.settle()
         problems: list[Problem] = []
         for digest, _size in self.backend.scan("blob"):
             try:
@@ -1648,6 +1791,7 @@ class ContentStore:
 
     def delete(self, digests: Iterable[str]) -> GcResult:
         """Remove the content of these hashes; chunks and pages go only when no remaining file uses them."""
+        self.settle()
         objects = freed = 0
         for digest in digests:
             _check_digest(digest)
@@ -1663,6 +1807,7 @@ class ContentStore:
 
         ``dry_run``: remove nothing, and say what would go and how many bytes that frees.
         """
+        self.settle()
         keep = {_check_digest(d) for d in live}
         if dry_run:
             return self._plan_gc(keep)

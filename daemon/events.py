@@ -88,12 +88,18 @@ def cloud_event(
     )
 
 
-def _split_by_size(items: Sequence[M], budget: int) -> list[list[M]]:
-    """Consecutive runs of ``items`` whose JSON stays within ``budget`` bytes (one item at least)."""
+def _json_sizes(items: Sequence[BaseModel]) -> list[int]:
+    return [len(item.model_dump_json(exclude_none=True)) + _SIZE_SLACK for item in items]
+
+
+def _split_by_size(items: Sequence[M], budget: int, sizes: Sequence[int] | None = None) -> list[list[M]]:
+    """Consecutive runs of ``items`` whose JSON stays within ``budget`` bytes (one item at least).
+
+    ``sizes``: ``_json_sizes(items)``, when the caller splits the same items more than once.
+    """
     chunks: list[list[M]] = [[]]
     used = 0
-    for item in items:
-        size = len(item.model_dump_json(exclude_none=True)) + _SIZE_SLACK
+    for item, size in zip(items, sizes if sizes is not None else _json_sizes(items), strict=True):
         if chunks[-1] and used + size > budget:
             chunks.append([])
             used = 0
@@ -144,9 +150,10 @@ def version_messages(
 ) -> list[OutboxMessage]:
     """The version event; for a large change-set the chunks of its complete change list; for
     tables the parts of its profile; for an invalid or unreadable version a validation failure."""
-    head = _split_by_size(changes, EVENT_CHANGES_BUDGET)[0] if changes else []
+    sizes = _json_sizes(changes)
+    head = _split_by_size(changes, EVENT_CHANGES_BUDGET, sizes)[0] if changes else []
     truncated = len(head) < len(changes)
-    chunks = _split_by_size(changes, CHUNK_BUDGET) if truncated else []
+    chunks = _split_by_size(changes, CHUNK_BUDGET, sizes) if truncated else []
     quality = quality or Quality()
     source = source_uri(host, row.dataset)
     subject = f"{row.dataset}@{row.seq}"

@@ -98,8 +98,15 @@ def hash_file_keeping(path: str | os.PathLike[str], limit: int) -> tuple[str, os
 
 
 def _read_all(fd: int, size: int) -> bytes:
-    """Every byte up to end of file (one more than ``size`` is asked for, to see growth)."""
-    parts = []
+    """Every byte up to end of file (one more than ``size`` is asked for, to see growth).
+
+    A regular file's read returns less than asked only at its end, so a first read of at most
+    ``size`` bytes is the whole file: the read that would return b"" is not made.
+    """
+    part = os.read(fd, size + 1)
+    if len(part) <= size:
+        return part
+    parts = [part]
     while part := os.read(fd, size + 1):
         parts.append(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)  # b"" for an empty file
+    return b"".join(parts)

@@ -11,6 +11,7 @@ import bisect
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _encode_str
 
 import xxhash
 
@@ -44,8 +45,13 @@ def _sort_key(path: str) -> bytes:
 
 
 def _line(path: str, size: int, digest: str) -> bytes:
-    """One file's line of the canonical manifest, newline included."""
-    return (json.dumps([path, size, digest], ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    """One file's line of the canonical manifest, newline included.
+
+    The bytes ``json.dumps([path, size, digest], ensure_ascii=False, separators=(",", ":"))``
+    gives, written out: the path through the same string encoder (json's C one), the size and
+    the hex digest need no escaping. A ``json.dumps`` a file was a tenth of versioning 20,000 new files.
+    """
+    return f"[{_encode_str(path)},{int(size)},{_encode_str(digest)}]\n".encode()
 
 
 def canonical_manifest(entries: Iterable[tuple[str, int, str]]) -> bytes:

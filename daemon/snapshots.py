@@ -43,6 +43,7 @@ from daemon.content_store import (
     PutMode,
     PutResult,
     ReflinkUnsupportedError,
+    Sealing,
     SourceChangedError,
     StoreError,
     StoreFullError,
@@ -167,15 +168,20 @@ class Snapshotter:
         self.source.keep_small_files = self.mode in ("copy", "reflink")
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """The store's batch (one sync for many small files), when the store can be opened."""
+    def batch(self) -> Iterator[Sealing]:
+        """The store's batch (one sync for many small files), when the store can be opened.
+
+        The sync starts when the block exits and runs in the background: ``wait()`` on the
+        yielded ``Sealing`` before the version is committed (it raises ``StoreError`` when the
+        batch could not be made durable).
+        """
         try:
             store = self.store
         except StoreError:
-            yield  # keep() reports it
+            yield Sealing()  # keep() reports it
             return
-        with store.batch():
-            yield
+        with store.batch(seal_in_background=True) as sealing:
+            yield sealing
 
     def keep(self, states: Mapping[str, FileState]) -> KeepResult:
         """Make sure the store has every file of ``states``; hold ``self.lock`` shared around this and the commit.
@@ -193,20 +199,26 @@ class Snapshotter:
             absent = store.missing({state.hash: state.size for state in states.values()})
         except StoreError as exc:
             return self.failed(f"the content store failed ({exc}): check {store.root}")
-        for rel, state in states.items():
-            if state.hash not in absent:
-                continue
-            try:
-                result = self._put(rel, state)
-            except (SourceChangedError, UnreadableDataError) as exc:
-                raise SnapshotRetry(f"{rel}: {exc}") from exc
-            except StoreFullError as exc:
-                return self.failed(f"the content store is full ({exc}): free space in {store.root}")
-            except StoreError as exc:
-                return self.failed(f"the content store failed ({exc}): check {store.root}")
-            if result.method != "present":
-                files += 1
-                stored += result.new_bytes
+        todo = {rel: state for rel, state in states.items() if state.hash in absent}
+        try:
+            if self.mode in ("copy", "reflink"):  # small files are copied into packs in both
+                done, files, stored = self.source.keep_kept(todo, store)
+                for rel in done:
+                    del todo[rel]
+            for rel, state in todo.items():
+                try:
+                    result = self._put(rel, state)
+                except (SourceChangedError, UnreadableDataError) as exc:
+                    raise SnapshotRetry(f"{rel}: {exc}") from exc
+                if result.method != "present":
+                    files += 1
+                    stored += result.new_bytes
+        except SourceChangedError as exc:  # a kept file's bytes (it names the file)
+            raise SnapshotRetry(str(exc)) from exc
+        except StoreFullError as exc:
+            return self.failed(f"the content store is full ({exc}): free space in {store.root}")
+        except StoreError as exc:
+            return self.failed(f"the content store failed ({exc}): check {store.root}")
         return KeepResult(Snapshot(self.policy, True, None), files, stored)
 
     def failed(self, note: str) -> KeepResult:

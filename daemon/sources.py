@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from daemon.filters import PathFilter
@@ -67,6 +67,23 @@ class KeptBytes:
         digest, offset, length = kept
         with memoryview(self._buffer)[offset : offset + length] as data:
             return store.put_bytes(data, digest, name=name)
+
+    def store_many(self, states: Mapping[str, FileState], store: ContentStore) -> tuple[set[str], int, int]:
+        """Put the kept bytes of those of ``states`` that have theirs: (paths done, files stored, bytes stored)."""
+        items: list[tuple[str, str, memoryview]] = []
+        with memoryview(self._buffer) as buffer:
+            try:
+                for rel, state in states.items():
+                    kept = self._where.pop(rel, None)
+                    if kept is None or kept[0] != state.hash or kept[2] != state.size:
+                        continue
+                    digest, offset, length = kept
+                    items.append((rel, digest, buffer[offset : offset + length]))
+                files, stored = store.put_many_bytes(items)
+            finally:
+                for _rel, _digest, view in items:
+                    view.release()  # the buffer may grow again only once no view is left
+        return {rel for rel, _digest, _view in items}, files, stored
 
     def clear(self) -> None:
         large = len(self._buffer) >= _TRIM_AFTER
@@ -145,6 +162,13 @@ class Source(Protocol):
         """
         ...
 
+    def keep_kept(self, states: Mapping[str, FileState], store: ContentStore) -> tuple[set[str], int, int]:
+        """Put the small files of ``states`` whose bytes ``fingerprint`` kept: (paths done, files, bytes stored).
+
+        The paths not done are left to ``keep_bytes``. Raises ``SourceChangedError`` as it does.
+        """
+        ...
+
 
 class LocalSource:
     """A folder on this host, read in place."""
@@ -204,6 +228,9 @@ class LocalSource:
 
     def finish_pass(self) -> None:
         self._kept.clear()
+
+    def keep_kept(self, states: Mapping[str, FileState], store: ContentStore) -> tuple[set[str], int, int]:
+        return self._kept.store_many(states, store)
 
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
         path = os.path.join(self.root, rel)

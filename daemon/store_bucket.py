@@ -421,25 +421,23 @@ class BucketBackend(PackingBackend):
 
     # -- the pack being written ---------------------------------------------------------------
 
-    def seal(self) -> None:
-        """Upload the pack being written, then its .idx, then index it. On failure its objects are dropped."""
+    def _seal_durably(self) -> PackWriter | None:
+        """Upload the pack being written, then its .idx. On failure its objects are dropped."""
         pack, self._pack = self._pack, None
         if pack is None:
-            return
-        try:
-            if pack.rows:
-                self._upload(pack)
-                with self.storing(f"the index of pack {pack.name}"):
-                    self.index.add_pack(pack.name, pack.size, pack.rows)
-                log.debug(
-                    "content store %s: uploaded pack %s (%d objects, %d bytes)",
-                    self.root,
-                    pack.name,
-                    len(pack.rows),
-                    pack.size,
-                )
-        finally:
+            return None
+        if not pack.rows:
             pack.discard()
+            return None
+        try:
+            self._upload(pack)
+        except BaseException:
+            pack.discard()
+            raise
+        log.debug(
+            "content store %s: uploaded pack %s (%d objects, %d bytes)", self.root, pack.name, len(pack.rows), pack.size
+        )
+        return pack
 
     def _upload(self, pack: PackWriter) -> None:
         """The pack as one object, then its .idx; a pack left without its .idx is taken back if possible."""
@@ -461,7 +459,10 @@ class BucketBackend(PackingBackend):
         """Upload the pack being written (not inside a batch: its end does that once)."""
         if not self.batching:
             self._absent.clear()
-            self.seal()
+            sealed = self._seal_durably()
+            self._durable()
+            if sealed is not None:
+                self._index_sealed(sealed)
 
     def flush_removals(self) -> int:
         self.flush()

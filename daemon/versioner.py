@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 
 from daemon.assess import Assessor, ChangedWhileProfilingError, LookupTables, TableIndex
 from daemon.catalog import Catalog, DatasetRow, Snapshot, VersionRow
-from daemon.content_store import StoreError
+from daemon.content_store import Sealing, StoreError
 from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
 from daemon.manifest import FileState, ManifestIndex, diff
-from daemon.quality import FileTable
+from daemon.quality import FileTable, Quality
 from daemon.scanner import FileStat, Rejection, display_path, is_utf8
 from daemon.snapshots import KeepResult, SnapshotRetry, Snapshotter
 from daemon.sources import Source
@@ -264,19 +264,13 @@ class Versioner:
             # The bytes go to the store before the version and its event are recorded, and gc
             # waits (the shared lock) until the version that needs them is committed.
             with self._store_lock():
-                kept = self._keep(fresh, removed, latest)
-                row = self.catalog.commit_version(
-                    self.row,
-                    view.manifest.version_id(),
-                    changes,
-                    fresh,
-                    (view.manifest.files, view.manifest.bytes),
-                    lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes, quality),
-                    marker_stat=marker_stat,
-                    quality=quality,
-                    tables=tables,
-                    snapshot=kept.snapshot,
-                )
+                kept, sealing = self._keep(fresh, removed, latest)
+                try:
+                    row = self._commit(view, changes, fresh, quality, tables, marker_stat, kept, sealing.wait)
+                except _NotDurable as exc:  # the batch's closing sync failed: nothing is known durable
+                    assert self.snapshotter is not None  # only a snapshot waits for the store
+                    kept = self.snapshotter.failed(f"the content store could not sync ({exc.__cause__})")
+                    row = self._commit(view, changes, fresh, quality, tables, marker_stat, kept, None)
         except (SnapshotRetry, ChangedWhileProfilingError) as exc:
             # A file moved on while it was stored or profiled: the view holds some of this
             # pass's changes, so it is built again from the catalog, and the pass retried.
@@ -326,10 +320,40 @@ class Versioner:
     def _store_lock(self) -> AbstractContextManager[None]:
         return self.snapshotter.lock.shared() if self.snapshotter is not None else nullcontext()
 
-    def _keep(self, fresh: dict[str, FileState], removed: Iterable[str], parent: VersionRow | None) -> KeepResult:
-        """Snapshot the version: its new files, or all of them when the parent is not restorable."""
+    def _commit(
+        self,
+        view: _View,
+        changes: list[FileChange],
+        fresh: dict[str, FileState],
+        quality: Quality,
+        tables: list[FileTable],
+        marker_stat: str | None,
+        kept: KeepResult,
+        before_commit: Callable[[], None] | None,
+    ) -> VersionRow:
+        return self.catalog.commit_version(
+            self.row,
+            view.manifest.version_id(),
+            changes,
+            fresh,
+            (view.manifest.files, view.manifest.bytes),
+            lambda r: version_messages(self.config.kafka, self.config.host, self.root, r, changes, quality),
+            marker_stat=marker_stat,
+            quality=quality,
+            tables=tables,
+            snapshot=kept.snapshot,
+            before_commit=before_commit,
+        )
+
+    def _keep(
+        self, fresh: dict[str, FileState], removed: Iterable[str], parent: VersionRow | None
+    ) -> tuple[KeepResult, _Durable]:
+        """Snapshot the version: its new files, or all of them when the parent is not restorable.
+
+        The store makes them durable in the background; the commit waits for it (``_Durable``).
+        """
         if self.snapshotter is None or self.snapshotter.wanted == "none":
-            return KeepResult(Snapshot("none", False, None))
+            return KeepResult(Snapshot("none", False, None)), _Durable(None, required=False)
         needed = fresh
         if parent is None or not parent.restorable:
             # Nothing vouches for the unchanged files (first version, a full disk last time, a
@@ -338,11 +362,10 @@ class Versioner:
             for path in removed:
                 needed.pop(path, None)
             needed.update(fresh)
-        try:
-            with self.snapshotter.batch():
-                return self.snapshotter.keep(needed)
-        except StoreError as exc:  # the batch's closing sync failed: nothing is known durable
-            return self.snapshotter.failed(f"the content store could not sync ({exc})")
+        with self.snapshotter.batch() as sealing:
+            kept = self.snapshotter.keep(needed)
+        # A version recorded as not restorable does not wait for the store; the rest is kept anyway.
+        return kept, _Durable(sealing, required=kept.snapshot.restorable)
 
     def _hash(self, rel: str, fs: FileStat, outcome: Outcome) -> FileState | None:
         """The file's fresh state; None when it vanished, cannot be read, or is still changing."""
@@ -355,6 +378,29 @@ class Versioner:
             self._reject(result)
             return None
         return result
+
+
+class _NotDurable(Exception):
+    """The store could not make a snapshot durable (its ``StoreError`` is the cause)."""
+
+
+class _Durable:
+    """What the commit of a snapshot version waits for: its store batch made durable.
+
+    The store goes on indexing the batch in the background after that; its next use waits.
+    """
+
+    def __init__(self, sealing: Sealing | None, *, required: bool) -> None:
+        self._sealing = sealing
+        self._required = required
+
+    def wait(self) -> None:
+        """Return once the batch is durable; ``_NotDurable`` (from the ``StoreError``) when it cannot be."""
+        if self._sealing is not None and self._required:
+            try:
+                self._sealing.wait()
+            except StoreError as exc:
+                raise _NotDurable from exc
 
 
 def _under_any(path: str, prefixes: set[str]) -> bool:

@@ -1080,3 +1080,110 @@ def test_a_pack_gc_retired_but_did_not_delete_is_deleted_on_open_not_indexed_aga
     assert reopened.has(live) and not reopened.has(files[1][1]) and not reopened.has(files[2][1])
     assert content(reopened, live) == files[0][0].read_bytes()
     assert reopened.verify() == []
+
+
+# -- a batch sealed in the background -----------------------------------------------------------
+
+
+def test_a_batch_sealed_in_the_background_is_durable_before_it_is_indexed(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait()`` returns once the pack is fsynced and named, while the index rows are still to come."""
+    import threading
+
+    from daemon.store_packs import PackIndex
+
+    real_add_pack = PackIndex.add_pack
+    indexing, release = threading.Event(), threading.Event()
+
+    def add_pack(self: PackIndex, *args: object, **kwargs: object) -> None:
+        indexing.set()
+        assert release.wait(30), "the test never let the index rows in"
+        real_add_pack(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PackIndex, "add_pack", add_pack)
+    blobs = {xxhash.xxh3_128_hexdigest(data): data for data in (csv_bytes(3000 + n, seed=80 + n) for n in range(5))}
+    with store.batch(seal_in_background=True) as sealing:
+        for digest, data in blobs.items():
+            store.put_bytes(data, digest)
+        assert packs(store) == []
+    sealing.wait()
+    assert indexing.is_set(), "wait() returned before the pack was even sealed"
+    assert len(packs(store)) == 1, "durable means fsynced and named"
+    assert not release.is_set()
+    release.set()
+    sealing.join()
+    for digest, data in blobs.items():
+        assert content(store, digest) == data
+    reopened = ContentStore(Path(store.root))
+    assert all(reopened.has(digest) for digest in blobs)
+
+
+def test_a_background_seal_that_cannot_sync_raises_from_wait_and_keeps_nothing(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".pack"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    data = csv_bytes(4000, seed=90)
+    digest = xxhash.xxh3_128_hexdigest(data)
+    with store.batch(seal_in_background=True) as sealing:
+        store.put_bytes(data, digest)
+    with pytest.raises(StoreError, match="Input/output error"):
+        sealing.wait()
+    with pytest.raises(StoreError):
+        sealing.join()  # the same error, however often it is asked
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not store.has(digest) and packs(store) == []
+    assert store.put_bytes(data, digest).method == "copy", "stored again by the next put"
+    assert content(store, digest) == data
+
+
+def test_the_store_waits_for_a_background_seal_before_it_is_used_again(
+    store: ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from daemon.store_packs import PackIndex
+
+    real_add_pack = PackIndex.add_pack
+    release = threading.Event()
+
+    def add_pack(self: PackIndex, *args: object, **kwargs: object) -> None:
+        assert release.wait(30)
+        real_add_pack(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PackIndex, "add_pack", add_pack)
+    data = csv_bytes(4000, seed=91)
+    digest = xxhash.xxh3_128_hexdigest(data)
+    with store.batch(seal_in_background=True) as sealing:
+        store.put_bytes(data, digest)
+    sealing.wait()
+    answer: list[bool] = []
+    asker = threading.Thread(target=lambda: answer.append(store.has(digest)))
+    asker.start()
+    asker.join(0.5)
+    assert asker.is_alive() and answer == [], "has() answered while the batch was still being indexed"
+    release.set()
+    asker.join(30)
+    assert answer == [True]
+
+
+def test_put_many_bytes_stores_each_content_once_and_refuses_bytes_that_moved_on(store: ContentStore) -> None:
+    datas = [csv_bytes(2000 + n, seed=100 + n) for n in range(6)]
+    items = [(f"f{n}.csv", xxhash.xxh3_128_hexdigest(d), d) for n, d in enumerate(datas)]
+    twice = [*items, ("copy-of-f0.csv", items[0][1], datas[0])]  # the same content under two names
+    with store.batch():
+        assert store.put_many_bytes(twice) == (6, sum(map(len, datas)))
+        assert store.put_many_bytes(items[:2]) == (0, 0), "already stored: nothing written"
+    assert [content(store, digest) for _name, digest, _data in items] == datas
+    moved = csv_bytes(3000, seed=120)
+    bad = ("moved.csv", xxhash.xxh3_128_hexdigest(moved), moved[:-1] + b"!")
+    with pytest.raises(SourceChangedError, match="moved.csv"):
+        store.put_many_bytes([bad])
+    assert not store.has(bad[1])

@@ -50,6 +50,23 @@ def test_canonical_manifest_is_json_lines_sorted_by_utf8_path() -> None:
     assert [json.loads(line)[0] for line in lines] == ["a\tb", "z", "é"]
 
 
+def test_canonical_manifest_lines_are_compact_json_byte_for_byte_for_odd_names() -> None:
+    """The version id is a public contract: each line must stay exactly what json.dumps writes."""
+    import random
+
+    rng = random.Random(7)
+    alphabet = "abc xyz.-_/é漢字😀\t\n\r\x00\x1f\x7f\u2028\u2029\"\\'"
+    entries = [
+        ("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) + str(n), rng.randint(0, 2**53), f"{n:032x}")
+        for n in range(2000)
+    ]
+    expected = b"".join(
+        (json.dumps(list(e), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        for e in sorted(entries, key=lambda e: e[0].encode("utf-8"))
+    )
+    assert canonical_manifest(entries) == expected
+
+
 def test_diff_reports_added_modified_removed_and_ignores_stat_only_changes() -> None:
     old = {"keep": FileState(1, "k", 10, 1), "mod": FileState(1, "m1"), "gone": FileState(2, "g")}
     new = {"keep": FileState(1, "k", 99, 7), "mod": FileState(2, "m2"), "new": FileState(3, "n")}

@@ -388,6 +388,99 @@ def test_an_in_place_restore_is_recorded_as_a_new_version_equal_to_the_old_one(
     assert tagged[0].headers["ce_subject"] == f"r@{v1.seq}#good"
 
 
+# -- the commit waits for the snapshot's bytes ---------------------------------------------------
+
+
+def _engine_over(tmp_path: Path, files: int) -> tuple[StrandlineConfig, Path]:
+    root = tmp_path / "d"
+    root.mkdir()
+    for n in range(files):
+        (root / f"f{n:03}.bin").write_bytes(random_bytes(2000 + n, seed=n))
+    config = StrandlineConfig(
+        state_dir=tmp_path / "state",
+        reconcile_interval_seconds=0,
+        datasets=[DatasetConfig(name="d", root=root, snapshot="copy")],
+    )
+    return config, root
+
+
+def test_a_version_is_committed_only_once_its_snapshot_pack_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pack is sealed in the background while the version is prepared; the commit waits for it."""
+    import threading
+
+    from daemon.engine import Engine
+    from daemon.store_packs import PackWriter
+
+    config, root = _engine_over(tmp_path, 30)
+    real_seal = PackWriter.seal
+    sealing, release = threading.Event(), threading.Event()
+
+    def seal(self: PackWriter, packs_dir: str) -> str:
+        sealing.set()
+        assert release.wait(60), "the test never let the pack be sealed"
+        return real_seal(self, packs_dir)
+
+    monkeypatch.setattr(PackWriter, "seal", seal)
+    with Catalog(catalog_path(config)) as catalog:
+        engine = Engine(catalog, config, list(config.datasets))
+        engine.request_reconcile()
+        worker = threading.Thread(target=engine.process_due, kwargs={"ignore_settle": True})
+        worker.start()
+        wait_for(sealing.is_set, 30, what="the snapshot's pack to be sealed")
+        with Catalog(catalog_path(config)) as reader:
+            assert reader.versions("d") == [], "a version was committed before its bytes were durable"
+        release.set()
+        worker.join(60)
+        assert not worker.is_alive()
+        (version,) = catalog.versions("d")
+    assert version.restorable and version.files == 30
+    store = ContentStore(store_path(config))
+    for path in root.iterdir():
+        assert b"".join(store.iter_content(xxhash_of(path))) == path.read_bytes()
+
+
+def test_a_snapshot_whose_pack_cannot_be_synced_is_committed_as_not_restorable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from daemon.engine import Engine
+
+    config, root = _engine_over(tmp_path, 10)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".pack"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with Catalog(catalog_path(config)) as catalog:
+        engine = Engine(catalog, config, list(config.datasets))
+        engine.request_reconcile()
+        engine.process_due(ignore_settle=True)
+        (first,) = catalog.versions("d")
+        assert not first.restorable
+        assert "could not sync" in (first.snapshot_note or "") and "Input/output error" in (first.snapshot_note or "")
+        pending = [p.message for p in catalog.pending(100)]
+        (created,) = [m for m in pending if dict(m.headers)["ce_type"].endswith(b"dataset.version.created")]
+        assert json.loads(created.value)["snapshot"]["restorable"] is False
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        (root / "f000.bin").write_bytes(b"changed")
+        engine.note_path(str(root / "f000.bin"), "done")
+        engine.process_due(ignore_settle=True)
+        second = catalog.versions("d")[-1]
+    assert second.seq == 2 and second.restorable, "the next version stores what the failed one could not"
+
+
+def xxhash_of(path: Path) -> str:
+    from daemon.fingerprint import hash_file
+
+    return hash_file(path)[0]
+
+
 # -- a full disk -------------------------------------------------------------------------------
 
 
