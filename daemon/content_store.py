@@ -115,7 +115,7 @@ from daemon.chunking import DEFAULT_PARAMS, ChunkParams, Readable, iter_chunks
 from daemon.durability import fsync_dir, start_writeback, syncfs
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.fingerprint import hash_fd
-from daemon.store_packs import PACK_HEADER, Kind, PackIndex, PackReaders, PackWriter, Row, reconcile
+from daemon.store_packs import PACK_HEADER, Kind, PackIndex, PackReaders, PackWriter, Row, index_payload, reconcile
 from daemon.temps import remove_dead_writers_temps
 
 __all__ = [
@@ -378,6 +378,10 @@ class Backend(Protocol):
         """Turn the failures of storing ``what`` into ``StoreError``/``StoreFullError``."""
         ...
 
+    def prepare_seal(self) -> None:
+        """Do now the work of sealing that holds the GIL (``flush`` may then run in a thread)."""
+        ...
+
     def discard_pack(self) -> None:
         """Drop the pack being written, unsealed (what a failed put left in it)."""
         ...
@@ -543,9 +547,19 @@ class PackingBackend:
         # pack is named, and the next open indexes it from its records.
         try:
             with self.storing(f"the index of pack {pack.name}"):
-                self.index.add_pack(pack.name, pack.size, pack.rows)
+                self.index.add_pack(pack.name, pack.size, pack.rows, pack.payload)
         finally:
             pack.discard()
+
+    def prepare_seal(self) -> None:
+        """Do the Python part of indexing the pack being written now, before a thread seals it.
+
+        A thread sealing in the background should make only calls that give the GIL back
+        (pwrite, fsync, one SQL statement): its Python work would stall the versioner's.
+        """
+        pack = self._pack
+        if pack is not None and pack.rows:
+            pack.payload = index_payload(pack.rows)
 
     def _durable(self) -> None:
         hook, self.on_durable = self.on_durable, None
@@ -1254,6 +1268,7 @@ class ContentStore:
             raise
         backend.batching = False
         if seal_in_background:
+            backend.prepare_seal()
             self._sealing = sealing
             sealing.start(backend, self._seal_batch)
         else:

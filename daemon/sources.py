@@ -70,20 +70,20 @@ class KeptBytes:
 
     def store_many(self, states: Mapping[str, FileState], store: ContentStore) -> tuple[set[str], int, int]:
         """Put the kept bytes of those of ``states`` that have theirs: (paths done, files stored, bytes stored)."""
-        items: list[tuple[str, str, memoryview]] = []
-        with memoryview(self._buffer) as buffer:
-            try:
-                for rel, state in states.items():
-                    kept = self._where.pop(rel, None)
-                    if kept is None or kept[0] != state.hash or kept[2] != state.size:
-                        continue
-                    digest, offset, length = kept
-                    items.append((rel, digest, buffer[offset : offset + length]))
-                files, stored = store.put_many_bytes(items)
-            finally:
-                for _rel, _digest, view in items:
-                    view.release()  # the buffer may grow again only once no view is left
-        return {rel for rel, _digest, _view in items}, files, stored
+        # The views go with ``items`` when this returns: nothing else holds them, and the
+        # buffer may grow again (``add``) only once none is left.
+        buffer = memoryview(self._buffer)
+        where = self._where
+        items = [
+            (rel, kept[0], buffer[kept[1] : kept[1] + kept[2]])
+            for rel, state in states.items()
+            if (kept := where.get(rel)) is not None and kept[0] == state.hash and kept[2] == state.size
+        ]
+        files, stored = store.put_many_bytes(items)
+        done = {rel for rel, _digest, _view in items}
+        for rel in done:
+            del where[rel]
+        return done, files, stored
 
     def clear(self) -> None:
         large = len(self._buffer) >= _TRIM_AFTER
@@ -212,7 +212,7 @@ class LocalSource:
     def fingerprint(self, rel: str, fs: FileStat, *, keep: bool) -> FileState | Rejection | None:
         limit = self._kept.room_for(fs.size) if self.keep_small_files else -1
         try:
-            digest, st, data = hash_file_keeping(os.path.join(self.root, rel), limit)
+            digest, st, data = hash_file_keeping(f"{self.root}/{rel}", limit)  # rel is relative: no join needed
         except ChangedWhileReadingError:
             raise
         except FileNotFoundError:

@@ -158,20 +158,16 @@ class PackIndex:
             ).fetchone()
         return Location(*row) if row else None
 
-    def add_pack(self, name: str, size: int, rows: Iterable[Row]) -> None:
+    def add_pack(self, name: str, size: int, rows: Iterable[Row], payload: IndexPayload | None = None) -> None:
         """Index a sealed pack; an object already indexed elsewhere keeps its first location.
 
         The rows go in as one statement over a JSON array (offsets, sizes) and one blob (the
         digests), not one ``executemany`` step per row: the sqlite3 module gives the GIL back
         for each step, and a pack indexed in the background (``ContentStore.batch``) then
         waited up to a switch interval (5 ms) per row for it while the versioner ran Python.
+        ``payload``: ``index_payload(rows)``, made earlier by a thread that holds the GIL anyway.
         """
-        # In key order: inserting 20,000 random hashes into the B-tree in order is faster.
-        ordered = sorted((KIND_CODES[k], d, o, s) for k, d, o, s in rows)
-        triples = json.dumps([(k, o, s) for k, _d, o, s in ordered], separators=(",", ":"))
-        digests = b"".join(d for _k, d, _o, _s in ordered)
-        if any(len(d) != 16 for _k, d, _o, _s in ordered):
-            raise ValueError(f"pack {name}: a digest is not 16 bytes")
+        triples, digests = payload if payload is not None else index_payload(rows)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -272,6 +268,18 @@ class PackIndex:
         return [(CODE_KINDS[k], bytes(d), o, s) for k, d, o, s in rows]
 
 
+IndexPayload = tuple[str, bytes]  # what ``_INSERT_ROWS`` takes: the JSON of (kind, offset, size), the digests
+
+
+def index_payload(rows: Iterable[Row]) -> IndexPayload:
+    """A pack's rows as ``PackIndex.add_pack`` inserts them, in key order (B-tree inserts in order are faster)."""
+    ordered = sorted((KIND_CODES[k], d, o, s) for k, d, o, s in rows)
+    if any(len(d) != 16 for _k, d, _o, _s in ordered):
+        raise ValueError("a digest is not 16 bytes")
+    triples = json.dumps([(k, o, s) for k, _d, o, s in ordered], separators=(",", ":"))
+    return triples, b"".join(d for _k, d, _o, _s in ordered)
+
+
 def read_records(path: str) -> tuple[list[Row], int]:
     """The records of a pack file and the length of its whole records (a torn tail is left out)."""
     with open(path, "rb") as fh:
@@ -315,6 +323,7 @@ class PackWriter:
         self.fd: int | None = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         self.pending: dict[tuple[Kind, bytes], Location] = {}
         self.rows: list[Row] = []
+        self.payload: IndexPayload | None = None  # ``index_payload(rows)`` once no more is appended
         self.size = 0  # of the pack so far, buffer included
         # Small records are gathered here and written together: 20,000 small files are then
         # ~100 writes, not 40,000. ``_written`` is where the buffer starts in the file.
@@ -361,6 +370,7 @@ class PackWriter:
                 for kind, digest, _offset, _size in lost:
                     self.pending.pop((kind, digest), None)
                 self.rows = self.rows[: len(self.rows) - len(lost)]
+                self.payload = None
                 raise
 
     def fileno(self) -> int:
@@ -370,9 +380,13 @@ class PackWriter:
 
     def append(self, kind: Kind, digest: bytes, data: bytes | memoryview) -> Location:
         """Append one whole object."""
-        self.begin(kind, digest, len(data))
-        self._write(data)
-        return self.end(kind, digest, len(data))
+        size = len(data)
+        if size + RECORD.size < WRITE_BUFFER:  # a small file: header and bytes in one buffered write
+            self._write(RECORD.pack(RECORD_MAGIC, KIND_CODES[kind], digest, size) + data)
+        else:
+            self.begin(kind, digest, size)
+            self._write(data)
+        return self.end(kind, digest, size)
 
     def begin(self, kind: Kind, digest: bytes, size: int) -> int:
         """Start an object of ``size`` bytes whose data follows with ``write``; the mark to rewind to."""
@@ -389,6 +403,7 @@ class PackWriter:
         location = Location(self.name, offset, size)
         self.pending[(kind, digest)] = location
         self.rows.append((kind, digest, offset, size))
+        self.payload = None
         return location
 
     def mark(self) -> int:
@@ -410,6 +425,7 @@ class PackWriter:
         for kind, digest, _offset, _size in self.rows[len(keep) :]:
             self.pending.pop((kind, digest), None)
         self.rows = keep
+        self.payload = None
 
     def pread(self, location: Location) -> BinaryIO:
         """A reader of a pending object's bytes."""

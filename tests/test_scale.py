@@ -346,3 +346,35 @@ def test_a_listing_never_overrides_a_notification_that_came_before_it(tmp_path: 
         passes = engine.passes
         engine.process_due(ignore_settle=True)
         assert engine.passes == passes + 1  # a reconcile with nothing to do is still a pass
+
+
+def test_the_cyclic_collector_waits_for_the_end_of_a_pass_even_a_failed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from daemon.versioner import Versioner
+
+    root = tmp_path / "d"
+    _write(root, {"a.txt": "a"})
+    config = _config(tmp_path, root)
+    seen: list[bool] = []
+    real = Versioner.process
+
+    def process(self: Versioner, *args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        if len(seen) == 2:
+            raise RuntimeError("a bug in a pass")
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Versioner, "process", process)
+    assert gc.isenabled()
+    with Catalog(catalog_path(config)) as catalog:
+        engine = _reconciled(catalog, config)
+        assert engine.versions_created == 1 and gc.isenabled()
+        (root / "b.txt").write_text("b")
+        engine.note_path(str(root / "b.txt"), "done")
+        engine.process_due(ignore_settle=True)  # the engine logs the bug and retries later
+        assert engine.versions_created == 1
+    assert seen == [False, False], "the collector ran during a pass"
+    assert gc.isenabled(), "the collector stayed off after a failed pass"
