@@ -21,7 +21,15 @@ from typing import Final, Protocol
 
 from pyfastcdc import FastCDC
 
-__all__ = ["DEFAULT_PARAMS", "ChunkParams", "Readable", "chunk_boundaries", "iter_buffer_chunks", "iter_chunks"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "ChunkParams",
+    "Readable",
+    "chunk_boundaries",
+    "iter_buffer_chunks",
+    "iter_chunk_windows",
+    "iter_chunks",
+]
 
 KiB: Final = 1024
 
@@ -68,6 +76,43 @@ def iter_chunks(stream: Readable, params: ChunkParams = DEFAULT_PARAMS) -> Itera
     """
     for chunk in params.chunker().cut_stream(stream):
         yield chunk.offset, chunk.data
+
+
+def iter_chunk_windows(
+    stream: Readable, params: ChunkParams = DEFAULT_PARAMS, window: int = 32 * 1024 * KiB
+) -> Iterator[list[tuple[int, memoryview]]]:
+    """The chunks of ``stream`` (the cuts ``iter_chunks`` makes), a window of about ``window`` bytes at a time.
+
+    Each list is ``(offset, data)`` for the chunks of one window, in order; the views are valid
+    until the next list is asked for. A caller can then look a window's chunks up in one query
+    instead of one per chunk. The last chunk of a window (cut where the window's bytes end, not
+    where its content says) is cut again at the front of the next one: FastCDC's cuts depend on
+    the bytes from a chunk's start only, so the cuts are those of one pass over the stream.
+    """
+    buffer = bytearray(max(window, 2 * params.max_size) + params.max_size)
+    view = memoryview(buffer)
+    chunker = params.chunker()
+    base = filled = 0  # the stream offset of buffer[0], and the bytes in it
+    eof = False
+    while True:
+        while filled < len(buffer) and not eof:
+            n = stream.readinto(view[filled:])
+            if n:
+                filled += n
+            else:
+                eof = True
+        if not filled:
+            return
+        chunks = [(chunk.offset, chunk.length) for chunk in chunker.cut_buf(view[:filled])]
+        if not eof:
+            chunks.pop()  # ends where the buffer does: cut again with what follows
+        yield [(base + offset, view[offset : offset + length]) for offset, length in chunks]
+        if eof:
+            return
+        consumed = chunks[-1][0] + chunks[-1][1]
+        buffer[: filled - consumed] = buffer[consumed:filled]
+        base += consumed
+        filled -= consumed
 
 
 def chunk_boundaries(stream: Readable, params: ChunkParams = DEFAULT_PARAMS) -> Iterator[tuple[int, int]]:

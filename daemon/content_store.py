@@ -111,7 +111,7 @@ from typing import BinaryIO, Final, Literal, NoReturn, Protocol
 
 import xxhash
 
-from daemon.chunking import DEFAULT_PARAMS, ChunkParams, Readable, iter_chunks
+from daemon.chunking import DEFAULT_PARAMS, ChunkParams, Readable, iter_chunk_windows
 from daemon.durability import fsync_dir, start_writeback, syncfs
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.fingerprint import hash_fd
@@ -208,6 +208,9 @@ _RECIPE_VERSION: Final = 1
 # the cap. Cuts depend on the chunks alone, so an append keeps every page but the last ones.
 _PAGE_MASK: Final = 63
 _PAGE_MAX_ENTRIES: Final = 256
+# Bytes of a big file chunked before its chunks are looked up together: small enough that the
+# chunks are still in the CPU's cache when they are hashed and copied (32 MiB made both slower).
+_CHUNK_WINDOW: Final = 8 * 1024 * 1024
 
 Entry = tuple[bytes, int]
 
@@ -394,6 +397,10 @@ class Backend(Protocol):
 
     def size(self, kind: Kind, digest: str) -> int | None:
         """The object's size, or None when it does not exist."""
+        ...
+
+    def sizes(self, kind: Kind, digests: list[bytes]) -> dict[bytes, int]:
+        """``size`` of many objects of one kind (raw 16-byte digests) in a few queries: those stored."""
         ...
 
     def stored(self, digest: str) -> tuple[Kind, int] | None:
@@ -584,6 +591,21 @@ class PackingBackend:
             return found.size
         location = self.index.lookup(kind, raw)
         return location.size if location is not None else self._loose_size(kind, digest)
+
+    def sizes(self, kind: Kind, digests: list[bytes]) -> dict[bytes, int]:
+        found: dict[bytes, int] = {}
+        pending = self._pack.pending if self._pack is not None else {}
+        rest = []
+        for raw in digests:
+            if (location := pending.get((kind, raw))) is not None:
+                found[raw] = location.size
+            else:
+                rest.append(raw)
+        found.update(self.index.sizes(kind, rest))
+        for raw in rest:
+            if raw not in found and (size := self._loose_size(kind, raw.hex())) is not None:
+                found[raw] = size
+        return found
 
     def pack_for(self, size: int) -> PackWriter:
         """The pack to append an object of ``size`` bytes to (a full one is sealed first)."""
@@ -1532,37 +1554,40 @@ class ContentStore:
         backend = self.backend
         mark = backend.pack_mark()
 
-        def store(kind: Kind, piece: str, data: bytes | memoryview) -> int:
-            # A piece of the right size under its name is taken as good: verify() re-hashes them all.
-            if backend.size(kind, piece) == len(data):
-                return 0
-            backend.append(kind, piece, data)
-            return len(data)
-
         def end_page() -> None:
             nonlocal new_bytes, page_bytes
             data = encode_page(page)
             page_digest = xxhash.xxh3_128_digest(data)
-            new_bytes += store("page", page_digest.hex(), data)
+            # A piece of the right size under its name is taken as good: verify() re-hashes them all.
+            if backend.size("page", page_digest.hex()) != len(data):
+                backend.append("page", page_digest.hex(), data)
+                new_bytes += len(data)
             pages.append(PageRef(page_digest, page_bytes, len(page)))
             page.clear()
             page_bytes = 0
 
         try:
-            for _offset, data in iter_chunks(reader, self.chunk_params):
-                hasher.update(data)
-                chunk_digest = xxhash.xxh3_128_digest(data)
-                written = store("chunk", chunk_digest.hex(), data)
-                chunks += 1
-                new_chunks += written > 0
-                new_bytes += written
-                read += len(data)
+            # A window of chunks at a time: which of them are stored already is one query for
+            # the window, not one a chunk (13,000 queries were 0.2 s of storing a new 1 GiB file).
+            for window in iter_chunk_windows(reader, self.chunk_params, _CHUNK_WINDOW):
+                digests = [xxhash.xxh3_128_digest(data) for _offset, data in window]
+                stored = backend.sizes("chunk", digests)
+                for (_offset, data), chunk_digest in zip(window, digests, strict=True):
+                    hasher.update(data)
+                    length = len(data)
+                    chunks += 1
+                    if stored.get(chunk_digest) != length:
+                        backend.append("chunk", chunk_digest.hex(), data)
+                        stored[chunk_digest] = length  # the same chunk again later in the file
+                        new_chunks += 1
+                        new_bytes += length
+                    read += length
+                    page.append((chunk_digest, length))
+                    page_bytes += length
+                    if page_ends_after(chunk_digest, len(page)):
+                        end_page()
                 if read > size:
                     break  # growing: it cannot be the expected bytes
-                page.append((chunk_digest, len(data)))
-                page_bytes += len(data)
-                if page_ends_after(chunk_digest, len(page)):
-                    end_page()
             if page:
                 end_page()
             self._check_read(name, digest, size, hasher.hexdigest(), read, unchanged)

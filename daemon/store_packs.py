@@ -151,6 +151,17 @@ class PackIndex:
                         found[bytes(digest)] = (kind, size)
         return found
 
+    def sizes(self, kind: Kind, digests: list[bytes]) -> dict[bytes, int]:
+        """Of ``digests``, those indexed as ``kind``, with their sizes; batched queries."""
+        found: dict[bytes, int] = {}
+        with self._lock:
+            for start in range(0, len(digests), _QUERY_BATCH):
+                part = digests[start : start + _QUERY_BATCH]
+                marks = ",".join("?" * len(part))  # only placeholders are formatted in
+                query = f"SELECT digest, size FROM objects WHERE kind = ? AND digest IN ({marks})"  # noqa: S608
+                found.update((bytes(d), s) for d, s in self._db.execute(query, (KIND_CODES[kind], *part)))
+        return found
+
     def lookup(self, kind: Kind, digest: bytes) -> Location | None:
         with self._lock:
             row = self._db.execute(

@@ -144,6 +144,29 @@ def test_an_insertion_moves_only_the_chunks_around_it() -> None:
     assert sum(map(len, new)) <= 3 * DEFAULT_PARAMS.max_size
 
 
+@pytest.mark.parametrize("window", [1, 5000, 64 * 1024])
+def test_chunking_a_window_at_a_time_cuts_where_one_pass_over_the_stream_does(window: int) -> None:
+    from daemon.chunking import iter_chunk_windows
+
+    params = ChunkParams(min_size=256, avg_size=1024, max_size=4096)
+    data = random.Random(window).randbytes(300_000)
+
+    class ShortReads(io.RawIOBase):
+        """A stream that hands out at most a few KiB a read, as a pipe or a socket may."""
+
+        def __init__(self) -> None:
+            self._data = io.BytesIO(data)
+            self._rng = random.Random(1)
+
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            return self._data.readinto(buffer[: self._rng.randint(1, 3000)])
+
+    one_pass = [(offset, bytes(chunk)) for offset, chunk in iter_chunks(io.BytesIO(data), params)]
+    windowed = [(offset, bytes(chunk)) for w in iter_chunk_windows(ShortReads(), params, window) for offset, chunk in w]
+    assert windowed == one_pass and len(one_pass) > 100
+    assert b"".join(chunk for _offset, chunk in windowed) == data
+
+
 def test_chunk_params_are_checked() -> None:
     with pytest.raises(ValueError, match="min <= avg <= max"):
         ChunkParams(min_size=64 * 1024, avg_size=16 * 1024, max_size=256 * 1024)
