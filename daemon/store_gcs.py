@@ -80,10 +80,15 @@ def make_gcs_filesystem(root: BucketRoot, settings: GcsConfig) -> Any:
     else:
         token = "google_default"  # noqa: S105 - and not gcsfs's silent fall-back to anonymous access
     quiet_sdk_logs()
-    import gcsfs  # imported late: google-auth and aiohttp cost ~0.3 s
+    # Imported late: google-auth and aiohttp cost ~0.3 s. The JSON API's filesystem itself,
+    # not ``gcsfs.GCSFileSystem``: by default that name is gcsfs's experimental subclass for
+    # zonal and hierarchical buckets, which asks the storage-control gRPC API about the bucket
+    # before its generic calls (put_file, cat_file, rm_file). Emulators do not serve that API,
+    # and each call then waited 60 s; plain objects, all Strandline writes, need none of it.
+    from gcsfs.core import GCSFileSystem
 
     try:
-        fs = gcsfs.GCSFileSystem(
+        fs = GCSFileSystem(
             token=token,
             endpoint_url=endpoint,
             # One filesystem per call and no listing cache: a poll must see the store as it is now.

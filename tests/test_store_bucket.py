@@ -372,16 +372,12 @@ def test_a_bucket_store_refuses_to_clone_or_link_and_leaves_the_file_alone(
     assert not store.has(item[1]) and not store.has(big[1]) and keys(s3, bucket) == []
 
 
-# -- Azure: the same backend on Azurite ----------------------------------------------------------
-#
-# Not GCS: gcsfs's generic calls (put_file, pipe_file, cat_file) first ask the storage-control
-# gRPC API for the bucket's layout, which fake-gcs-server does not serve: each call then waits
-# 60 s. A gs:// store is left untested here (see the README).
+# -- GCS and Azure: the same backend on fake-gcs-server and Azurite -------------------------------
 
 
-@pytest.fixture(params=["az"])
+@pytest.fixture(params=["gs", "az"])
 def cloud(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
-    """A fresh container (az) on the session's emulator (gs: see above); the caller's cloud settings hidden."""
+    """A fresh bucket (gs) or container (az) on the session's emulator; the caller's cloud settings hidden."""
     for name in list(os.environ):
         if name.startswith(("AZURE_", "GOOGLE_", "GCE_", "CLOUDSDK_")) or name == "STORAGE_EMULATOR_HOST":
             monkeypatch.delenv(name)
@@ -398,7 +394,7 @@ def cloud(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
         made.close()
 
 
-def test_a_store_in_azure_round_trips_is_shared_and_collected(tmp_path: Path, cloud: Cloud) -> None:
+def test_a_store_in_gcs_or_azure_round_trips_is_shared_and_collected(tmp_path: Path, cloud: Cloud) -> None:
     rng = random.Random(7)
 
     def host(name: str) -> ContentStore:
