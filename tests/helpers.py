@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -311,3 +313,16 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def fail_pack_fsyncs(monkeypatch: Any) -> Callable[[], None]:
+    """Make ``os.fsync`` of any content-store pack fail with EIO (as a dying disk would); the undo."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".pack"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return lambda: monkeypatch.setattr(os, "fsync", real_fsync)

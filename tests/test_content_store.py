@@ -42,6 +42,7 @@ from daemon.content_store import (
 )
 from daemon.errors import UnreadableDataError
 from daemon.fingerprint import hash_file
+from tests.helpers import fail_pack_fsyncs
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -1145,14 +1146,7 @@ def test_a_batch_sealed_in_the_background_is_durable_before_it_is_indexed(
 def test_a_background_seal_that_cannot_sync_raises_from_wait_and_keeps_nothing(
     store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".pack"):
-            raise OSError(errno.EIO, "Input/output error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    restore_fsync = fail_pack_fsyncs(monkeypatch)
     data = csv_bytes(4000, seed=90)
     digest = xxhash.xxh3_128_hexdigest(data)
     with store.batch(seal_in_background=True) as sealing:
@@ -1161,7 +1155,7 @@ def test_a_background_seal_that_cannot_sync_raises_from_wait_and_keeps_nothing(
         sealing.wait()
     with pytest.raises(StoreError):
         sealing.join()  # the same error, however often it is asked
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    restore_fsync()
     assert not store.has(digest) and packs(store) == []
     assert store.put_bytes(data, digest).method == "copy", "stored again by the next put"
     assert content(store, digest) == data

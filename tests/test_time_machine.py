@@ -29,7 +29,15 @@ from daemon.events import cloud_event
 from daemon.restore import RESTORING_MARKER
 from schemas.config import DatasetConfig, StrandlineConfig
 from schemas.events import RetrainStarted
-from tests.helpers import probe_dataset, publish, read_events, start_daemon, version_events, wait_for
+from tests.helpers import (
+    fail_pack_fsyncs,
+    probe_dataset,
+    publish,
+    read_events,
+    start_daemon,
+    version_events,
+    wait_for,
+)
 
 MiB = 1024 * 1024
 
@@ -444,19 +452,10 @@ def test_a_version_is_committed_only_once_its_snapshot_pack_is_durable(
 def test_a_snapshot_whose_pack_cannot_be_synced_is_committed_as_not_restorable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import errno
-
     from daemon.engine import Engine
 
     config, root = _engine_over(tmp_path, 10)
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".pack"):
-            raise OSError(errno.EIO, "Input/output error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    restore_fsync = fail_pack_fsyncs(monkeypatch)
     with Catalog(catalog_path(config)) as catalog:
         engine = Engine(catalog, config, list(config.datasets))
         engine.request_reconcile()
@@ -467,7 +466,7 @@ def test_a_snapshot_whose_pack_cannot_be_synced_is_committed_as_not_restorable(
         pending = [p.message for p in catalog.pending(100)]
         (created,) = [m for m in pending if dict(m.headers)["ce_type"].endswith(b"dataset.version.created")]
         assert json.loads(created.value)["snapshot"]["restorable"] is False
-        monkeypatch.setattr(os, "fsync", real_fsync)
+        restore_fsync()
         (root / "f000.bin").write_bytes(b"changed")
         engine.note_path(str(root / "f000.bin"), "done")
         engine.process_due(ignore_settle=True)
