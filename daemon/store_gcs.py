@@ -60,7 +60,7 @@ _STATUS_KINDS: Final[dict[int, FailureKind]] = {
 
 
 def make_gcs_filesystem(root: BucketRoot, settings: GcsConfig) -> Any:
-    """A ``gcsfs.GCSFileSystem`` for ``root``; it connects on first use.
+    """A ``gcsfs.core.GCSFileSystem`` (the JSON API one) for ``root``; it connects on first use.
 
     Credentials: ``anonymous`` (public buckets, emulators), else ``credentials_file``, else Google's
     application-default chain (GOOGLE_APPLICATION_CREDENTIALS, gcloud's login, the metadata server).
@@ -153,7 +153,7 @@ def _error(status: int, body: bytes, missing: FailureKind) -> StoreResponseError
 
 
 class GcsStore:
-    """``StoreAdapter`` over a ``gcsfs.GCSFileSystem``."""
+    """``StoreAdapter`` over a ``gcsfs.core.GCSFileSystem``."""
 
     def __init__(self, fs: Any) -> None:
         self.fs = fs
