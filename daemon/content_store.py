@@ -132,6 +132,7 @@ __all__ = [
     "PutMode",
     "PutResult",
     "ReflinkUnsupportedError",
+    "Sealing",
     "SourceChangedError",
     "StoreError",
     "StoreFullError",

@@ -41,11 +41,13 @@ from typing import BinaryIO, Final, Literal, cast
 
 __all__ = [
     "PACK_HEADER",
+    "IndexPayload",
     "Location",
     "PackIndex",
     "PackReaders",
     "PackWriter",
     "RangeReader",
+    "index_payload",
     "parse_records",
     "read_records",
 ]
@@ -121,6 +123,14 @@ class PackIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        try:  # add_pack needs SQLite's JSON functions (built in since 3.38, in most builds before)
+            self._db.execute("SELECT json_extract('[1]', '$[0]')").fetchone()
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            raise sqlite3.OperationalError(
+                f"the SQLite library Python uses ({sqlite3.sqlite_version}) lacks the JSON functions the "
+                "content store's index needs: use a Python built with SQLite 3.38 or later"
+            ) from exc
 
     def close(self) -> None:
         with self._lock:
