@@ -115,7 +115,17 @@ from daemon.chunking import DEFAULT_PARAMS, ChunkParams, Readable, iter_chunk_wi
 from daemon.durability import fsync_dir, start_writeback, syncfs
 from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.fingerprint import hash_fd
-from daemon.store_packs import PACK_HEADER, Kind, PackIndex, PackReaders, PackWriter, Row, index_payload, reconcile
+from daemon.store_packs import (
+    PACK_HEADER,
+    Kind,
+    Location,
+    PackIndex,
+    PackReaders,
+    PackWriter,
+    Row,
+    index_payload,
+    reconcile,
+)
 from daemon.temps import remove_dead_writers_temps
 
 __all__ = [
@@ -408,6 +418,10 @@ class Backend(Protocol):
         """How a file's content is stored: (``blob`` or ``recipe``, its size), or None."""
         ...
 
+    def prefetch(self, digests: list[str]) -> None:
+        """Look up where these contents are in a few queries, for the reads that follow (restore)."""
+        ...
+
     def missing(self, wanted: Mapping[str, int]) -> set[str]:
         """Of ``wanted`` (hash: size), the hashes not stored; remembered until the batch ends."""
         ...
@@ -517,7 +531,7 @@ class _LocalWriter:
 class PackingBackend:
     """What both backends share: the pack being written, appends to it, lookups of file contents.
 
-    A subclass sets ``index``, ``tmp``, ``batching``, ``_pack = None`` and ``_absent = set()``,
+    A subclass sets ``index``, ``tmp``, ``batching``, ``_pack = None``, ``_absent = set()`` and ``_located = {}``,
     and provides ``storing`` (its errors as ``StoreError``) and ``seal`` (make the pack being
     written durable and indexed: an fsync and a rename locally, an upload for a bucket).
     """
@@ -533,6 +547,9 @@ class PackingBackend:
     # Called once what was stored is durable and before it is indexed: a batch sealed in the
     # background lets its version commit from then on (``ContentStore.batch``).
     on_durable: Callable[[], None] | None = None
+    # Locations looked up ahead of reads (``prefetch``); a stale one (gc moved the object since)
+    # fails to open, and the index is asked again.
+    _located: dict[tuple[Kind, bytes], Location]
 
     def storing(self, what: str) -> AbstractContextManager[None]:
         raise NotImplementedError
@@ -656,8 +673,24 @@ class PackingBackend:
 
     def stored(self, digest: str) -> tuple[Kind, int] | None:
         """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query."""
+        if self._located:
+            raw = bytes.fromhex(digest)
+            for kind in _FILE_KINDS:
+                if (hit := self._located.get((kind, raw))) is not None:
+                    return kind, hit.size
         found = packed_file(self._pack, self.index, self._absent, digest)
         return found if found is not None else self._also_stored(digest)
+
+    def prefetch(self, digests: list[str]) -> None:
+        # Restoring 20,000 small files asked the index twice a file (``stored``, then ``open``):
+        # 0.6 s of 3.2 s. The answers are kept until read (``_locate``) or the next prefetch.
+        self._located = self.index.locate_files([bytes.fromhex(d) for d in digests])
+
+    def _locate(self, kind: Kind, raw: bytes, *, fresh: bool) -> Location | None:
+        """Where an object is: a prefetched answer (taken), else, or when ``fresh``, the index's."""
+        if not fresh and (hit := self._located.pop((kind, raw), None)) is not None:
+            return hit
+        return self.index.lookup(kind, raw)
 
     def missing(self, wanted: Mapping[str, int]) -> set[str]:
         """Of ``wanted`` (hash: size), the hashes whose content is not stored; batched index queries."""
@@ -722,6 +755,7 @@ class LocalBackend(PackingBackend):
         self.unsynced = 0
         self._pack: PackWriter | None = None
         self._absent: set[bytes] = set()
+        self._located: dict[tuple[Kind, bytes], Location] = {}  # from ``prefetch``, until read
         self._writeback = start_writeback
         self._readers = PackReaders(self.packs_dir)
         self._loose_freed = 0
@@ -881,7 +915,7 @@ class LocalBackend(PackingBackend):
         if self._pack is not None and (found := self._pack.pending.get((kind, raw))) is not None:
             return self._pack.pread(found)
         for attempt in (1, 2):
-            found = self.index.lookup(kind, raw)
+            found = self._locate(kind, raw, fresh=attempt == 2)
             if found is None:
                 break
             try:
@@ -1622,6 +1656,13 @@ class ContentStore:
         if found is None:
             raise ObjectMissingError(f"no content stored for hash {digest}")
         return self._iter_blob(digest) if found[0] == "blob" else self._iter_recipe(digest)
+
+    def prefetch(self, digests: Iterable[str]) -> None:
+        """Look up where the contents of ``digests`` are in a few queries, before reading them all (restore)."""
+        self.settle()
+        wanted = [_check_digest(d) for d in digests]
+        with self.backend.storing("a lookup"):
+            self.backend.prefetch(wanted)
 
     def clone_to(self, digest: str, fd: int) -> bool:
         """Make the empty file ``fd`` a copy-on-write clone of ``digest``'s bytes, checked; False when it cannot.

@@ -42,7 +42,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -90,6 +90,8 @@ class ContentSource(Protocol):
     """What restore needs of a store (``daemon.content_store.ContentStore`` is one)."""
 
     def missing(self, wanted: Mapping[str, int]) -> set[str]: ...
+
+    def prefetch(self, digests: Iterable[str]) -> None: ...
 
     def iter_content(self, digest: str) -> Iterator[bytes]: ...
 
@@ -425,6 +427,7 @@ def _restore(
             raise RestoreError(
                 f"cannot restore {e.rel!r}: its content ({e.digest}) is not in the store; target unchanged"
             )
+    store.prefetch(e.digest for e in entries)  # where each content is, in a few queries too
     blocked = _conflicts(target, entries, dirs)
     if blocked and not prune:
         shown = ", ".join(repr("/".join(p)) for p in blocked[:5])

@@ -226,6 +226,7 @@ class BucketBackend(PackingBackend):
         self.unsynced = 0  # nothing here is named before its bytes are uploaded: never set
         self._pack: PackWriter | None = None
         self._absent: set[bytes] = set()  # not stored, as ``missing`` found in this batch
+        self._located: dict[tuple[Kind, bytes], Location] = {}  # from ``prefetch``, until read
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._window: tuple[str, int, bytes] | None = None  # read ahead: (pack, offset, bytes)
@@ -475,7 +476,7 @@ class BucketBackend(PackingBackend):
         if self._pack is not None and (pending := self._pack.pending.get((kind, raw))) is not None:
             return self._pack.pread(pending)
         for attempt in (1, 2):
-            found = self.index.lookup(kind, raw)
+            found = self._locate(kind, raw, fresh=attempt == 2)
             if found is None:
                 break
             try:

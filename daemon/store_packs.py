@@ -146,6 +146,19 @@ class PackIndex:
             ).fetchone()
         return (CODE_KINDS[row[0]], Location(*row[1:])) if row else None
 
+    def locate_files(self, digests: list[bytes]) -> dict[tuple[Kind, bytes], Location]:
+        """Where the contents of ``digests`` are (blobs and recipes), as ``lookup`` gives them; batched queries."""
+        found: dict[tuple[Kind, bytes], Location] = {}
+        with self._lock:
+            for start in range(0, len(digests), _QUERY_BATCH):
+                part = digests[start : start + _QUERY_BATCH]
+                marks = ",".join("?" * len(part))  # only placeholders are formatted in
+                columns = "SELECT kind, digest, pack, offset, size FROM objects"
+                query = f"{columns} WHERE kind IN (1, 2) AND digest IN ({marks})"
+                for code, digest, pack, offset, size in self._db.execute(query, part):
+                    found[(CODE_KINDS[code], bytes(digest))] = Location(pack, offset, size)
+        return found
+
     def files_present(self, digests: list[bytes]) -> dict[bytes, tuple[Kind, int]]:
         """Of ``digests``, those stored as a file's content: (``blob`` or ``recipe``, size); batched queries."""
         found: dict[bytes, tuple[Kind, int]] = {}

@@ -1204,3 +1204,36 @@ def test_put_many_bytes_stores_each_content_once_and_refuses_bytes_that_moved_on
     with pytest.raises(SourceChangedError, match=r"moved\.csv"):
         store.put_many_bytes([bad])
     assert not store.has(bad[1])
+
+
+def test_prefetched_contents_are_read_without_a_query_each_and_a_stale_answer_asks_again(
+    store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.store_packs import PackIndex
+
+    files = _put_smalls(store, tmp_path / "src", 60, size=3000)
+    reader = ContentStore(Path(store.root), chunk_threshold=SMALL_THRESHOLD)  # another process's view
+    asked: list[str] = []
+    for name in ("lookup", "lookup_file"):
+        real = getattr(PackIndex, name)
+
+        def spy(self: PackIndex, *args: object, _real: object = real, _name: str = name) -> object:
+            asked.append(_name)
+            return _real(self, *args)  # type: ignore[operator]
+
+        monkeypatch.setattr(PackIndex, name, spy)
+    reader.prefetch(digest for _path, digest in files)
+    for path, digest in files[:30]:
+        assert content(reader, digest) == path.read_bytes()
+    assert asked == [], "a prefetched content was looked up again"
+    # gc (another process) moves the 30 live objects into a new pack and deletes the old one:
+    # what a fresh reader prefetched before that is stale, and reading asks the index again.
+    fresh = ContentStore(Path(store.root), chunk_threshold=SMALL_THRESHOLD)
+    fresh.prefetch(digest for _path, digest in files)
+    [old_pack] = packs(store)
+    assert store.gc([digest for _path, digest in files[30:]]).objects == 30
+    assert not old_pack.exists()
+    asked.clear()
+    for path, digest in files[30:]:
+        assert content(fresh, digest) == path.read_bytes()
+    assert asked == ["lookup"] * 30, "each stale answer is asked again, once"
