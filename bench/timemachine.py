@@ -314,6 +314,8 @@ def fsync_new_files(cache: Path, since: float) -> float:
     DVC never syncs: after ``dvc add`` its cache is in the page cache only, where Strandline's
     event is published once the bytes are on disk. This is what the same promise costs DVC.
     """
+    from daemon.durability import fsync_dir
+
     t0 = time.monotonic()
     folders: set[Path] = set()
     for path in cache.rglob("*"):
@@ -325,11 +327,7 @@ def fsync_new_files(cache: Path, since: float) -> float:
                 os.close(fd)
             folders.add(path.parent)
     for folder in folders:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(folder)
     return time.monotonic() - t0
 
 

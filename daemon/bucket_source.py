@@ -208,8 +208,6 @@ class BucketSource:
 
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
         """From the pass's spooled copy when there is one, else from one more conditional GET."""
-        if (done := self._small.store(rel, state, store, f"{self.root.url}{rel}")) is not None:
-            return done
         kept = self._kept.get(rel)
         if kept is not None:
             return store.put(kept, state.hash, state.size, "copy")

@@ -385,8 +385,6 @@ class Backend(Protocol):
     """Set by ``ContentStore.batch``: ``flush`` waits for the end of the batch."""
     unsynced: int
     """Objects named in this batch whose bytes still need a sync of the filesystem (local clones, links)."""
-    on_durable: Callable[[], None] | None
-    """Called by ``flush`` once what it seals is durable, before it is indexed (then cleared)."""
 
     def storing(self, what: str) -> AbstractContextManager[None]:
         """Turn the failures of storing ``what`` into ``StoreError``/``StoreFullError``."""
@@ -420,6 +418,10 @@ class Backend(Protocol):
 
     def prefetch(self, digests: list[str]) -> None:
         """Look up where these contents are in a few queries, for the reads that follow (restore)."""
+        ...
+
+    def stored_for_reading(self, digest: str) -> tuple[Kind, int] | None:
+        """``stored``, answered from a ``prefetch`` when it can be; for reads only."""
         ...
 
     def missing(self, wanted: Mapping[str, int]) -> set[str]:
@@ -460,8 +462,11 @@ class Backend(Protocol):
         """Give back the space of deleted objects; the bytes freed."""
         ...
 
-    def flush(self) -> None:
-        """Make every committed object durable (after a crash it is there, whole)."""
+    def flush(self, on_durable: Callable[[], None] | None = None) -> None:
+        """Make every committed object durable (after a crash it is there, whole).
+
+        ``on_durable`` is called as soon as they are, before the rest (indexing) is done.
+        """
         ...
 
 
@@ -531,11 +536,12 @@ class _LocalWriter:
 class PackingBackend:
     """What both backends share: the pack being written, appends to it, lookups of file contents.
 
-    A subclass sets ``index``, ``tmp``, ``batching``, ``_pack = None``, ``_absent = set()`` and ``_located = {}``,
-    and provides ``storing`` (its errors as ``StoreError``) and ``seal`` (make the pack being
-    written durable and indexed: an fsync and a rename locally, an upload for a bucket).
+    A subclass sets ``root``, ``index``, ``tmp``, ``batching``, ``_pack = None``, ``_absent = set()``
+    and ``_located = {}``, and provides ``storing`` (its errors as ``StoreError``) and ``_persist``
+    (make a pack durable under its name: an fsync and a rename locally, an upload for a bucket).
     """
 
+    root: str
     index: PackIndex
     tmp: str
     batching: bool
@@ -544,9 +550,6 @@ class PackingBackend:
     # sync_file_range as the pack grows (local); None where the pack is only a spool to upload.
     _writeback: Callable[[int, int, int], object] | None = None
 
-    # Called once what was stored is durable and before it is indexed: a batch sealed in the
-    # background lets its version commit from then on (``ContentStore.batch``).
-    on_durable: Callable[[], None] | None = None
     # Locations looked up ahead of reads (``prefetch``); a stale one (gc moved the object since)
     # fails to open, and the index is asked again.
     _located: dict[tuple[Kind, bytes], Location]
@@ -554,12 +557,47 @@ class PackingBackend:
     def storing(self, what: str) -> AbstractContextManager[None]:
         raise NotImplementedError
 
+    def _persist(self, pack: PackWriter) -> None:
+        """Make a pack durable under its name: an fsync and a rename locally, an upload to a bucket."""
+        raise NotImplementedError
+
+    def _sync_folders(self) -> None:
+        """Make new folders durable (loose objects' folders, locally); nothing by default."""
+
     def _seal_durably(self) -> PackWriter | None:
-        """Make the pack being written durable and name it (an fsync and a rename, an upload); it, if any.
+        """Make the pack being written durable and name it; it, if it held anything.
 
         On failure its objects are dropped.
         """
-        raise NotImplementedError
+        pack, self._pack = self._pack, None
+        if pack is None:
+            return None
+        if not pack.rows:
+            pack.discard()
+            return None
+        try:
+            self._persist(pack)
+        except BaseException:
+            pack.discard()
+            raise
+        log.debug(
+            "content store %s: sealed pack %s (%d objects, %d bytes)", self.root, pack.name, len(pack.rows), pack.size
+        )
+        return pack
+
+    def flush(self, on_durable: Callable[[], None] | None = None) -> None:
+        """Seal the pack being written (not inside a batch: its end does that once)."""
+        if self.batching:
+            return
+        self._absent.clear()
+        sealed = self._seal_durably()
+        try:
+            self._sync_folders()
+            if on_durable is not None:
+                on_durable()
+        finally:
+            if sealed is not None:
+                self._index_sealed(sealed)
 
     def seal(self) -> None:
         """Make the pack being written durable, name it and index it."""
@@ -585,11 +623,6 @@ class PackingBackend:
         pack = self._pack
         if pack is not None and pack.rows:
             pack.payload = index_payload(pack.rows)
-
-    def _durable(self) -> None:
-        hook, self.on_durable = self.on_durable, None
-        if hook is not None:
-            hook()
 
     def _loose_size(self, kind: Kind, digest: str) -> int | None:
         """The size of an object kept outside the packs (a loose file); none by default."""
@@ -673,13 +706,18 @@ class PackingBackend:
 
     def stored(self, digest: str) -> tuple[Kind, int] | None:
         """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query."""
-        if self._located:
-            raw = bytes.fromhex(digest)
-            for kind in _FILE_KINDS:
-                if (hit := self._located.get((kind, raw))) is not None:
-                    return kind, hit.size
         found = packed_file(self._pack, self.index, self._absent, digest)
         return found if found is not None else self._also_stored(digest)
+
+    def stored_for_reading(self, digest: str) -> tuple[Kind, int] | None:
+        # A prefetched answer may be stale (gc moved or deleted the object since): good enough
+        # for a read, which asks again when the object is not where it was said to be, never
+        # for a put, which would then skip bytes that are gone.
+        raw = bytes.fromhex(digest)
+        for kind in _FILE_KINDS:
+            if (hit := self._located.get((kind, raw))) is not None:
+                return kind, hit.size
+        return self.stored(digest)
 
     def prefetch(self, digests: list[str]) -> None:
         # Restoring 20,000 small files asked the index twice a file (``stored``, then ``open``):
@@ -889,22 +927,10 @@ class LocalBackend(PackingBackend):
 
     # -- the pack being written ---------------------------------------------------------------
 
-    def _seal_durably(self) -> PackWriter | None:
-        pack, self._pack = self._pack, None
-        if pack is None:
-            return None
-        if not pack.rows:
-            pack.discard()
-            return None
-        try:
-            with self.storing(f"pack {pack.name}"):
-                path = pack.seal(self.packs_dir)
-                fsync_dir(self.packs_dir)
-        except BaseException:
-            pack.discard()
-            raise
-        log.debug("content store: sealed pack %s (%d objects, %d bytes)", path, len(pack.rows), pack.size)
-        return pack
+    def _persist(self, pack: PackWriter) -> None:
+        with self.storing(f"pack {pack.name}"):
+            pack.seal(self.packs_dir)
+            fsync_dir(self.packs_dir)
 
     def writer(self, kind: Kind, digest: str) -> _LocalWriter:
         """A loose object (a clone); see ``packed_writer`` for bytes that are copied."""
@@ -1029,21 +1055,11 @@ class LocalBackend(PackingBackend):
         log.info("content store: rewrote %d mostly-dead packs into %s, %d bytes freed", len(names), pack.name, freed)
         return freed
 
-    def flush(self) -> None:
-        """Seal the pack being written and make new folders durable (not inside a batch: it does that once)."""
-        if self.batching:
-            return
-        self._absent.clear()
-        sealed = self._seal_durably()
-        try:
-            dirty, self._dirty = self._dirty, set()
-            for folder in sorted(dirty):
-                with self.storing(f"folder {folder}"):
-                    fsync_dir(folder)
-            self._durable()
-        finally:
-            if sealed is not None:
-                self._index_sealed(sealed)
+    def _sync_folders(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for folder in sorted(dirty):
+            with self.storing(f"folder {folder}"):
+                fsync_dir(folder)
 
 
 def packed_file(pack: PackWriter | None, index: PackIndex, absent: set[bytes], digest: str) -> tuple[Kind, int] | None:
@@ -1209,20 +1225,20 @@ class Sealing:
         self._durable = threading.Event()
         self._error: BaseException | None = None
 
-    def start(self, backend: Backend, seal: Callable[[], None]) -> None:
+    def start(self, seal: Callable[[Callable[[], None]], None]) -> None:
+        """Run ``seal`` in a thread; it calls the function it is given once the bytes are durable."""
+
         def run() -> None:
             try:
-                seal()
+                seal(self._durable.set)
             except BaseException as exc:
                 if not self._durable.is_set():
                     self._error = exc  # handed to whoever waits
                 else:
                     log.warning("content store: a sealed pack is not indexed yet (%s); the next open indexes it", exc)
             finally:
-                backend.on_durable = None
                 self._durable.set()
 
-        backend.on_durable = self._durable.set
         # Not a daemon thread: an exit waits for the index rows rather than leave them to the next open.
         self._thread = threading.Thread(target=run, name="strandline-seal")
         self._thread.start()
@@ -1327,11 +1343,11 @@ class ContentStore:
         if seal_in_background:
             backend.prepare_seal()
             self._sealing = sealing
-            sealing.start(backend, self._seal_batch)
+            sealing.start(self._seal_batch)
         else:
             self._seal_batch()
 
-    def _seal_batch(self) -> None:
+    def _seal_batch(self, on_durable: Callable[[], None] | None = None) -> None:
         backend = self.backend
         # Only loose blobs named without their fsync need the syncfs; it would also flush every
         # other dirty file of the filesystem (a big file just versioned), so a batch that named
@@ -1340,7 +1356,7 @@ class ContentStore:
             with backend.storing("a sync of the store"):
                 syncfs(backend.root)
             backend.unsynced = 0
-        backend.flush()
+        backend.flush(on_durable)
 
     def settle(self) -> None:
         """Wait for a batch still being sealed in the background; its error is its waiter's to report."""
@@ -1397,20 +1413,10 @@ class ContentStore:
         """
         self.settle()
         digest = _check_digest(expected_hash)
-        size = len(data)
-        if size > self.chunk_threshold:
-            raise ValueError(f"put_bytes takes files up to {self.chunk_threshold} bytes, not {size}")
-        if (present := self._present(digest, size)) is not None:
+        if (present := self._present(digest, len(data))) is not None:
             return present
-        got = xxhash.xxh3_128_hexdigest(data)
-        if got != digest:
-            raise _changed(name, f"its bytes hash to {got}, expected {digest}")
-        try:
-            self.backend.append("blob", digest, data)
-            self.backend.flush()
-        finally:
-            self._end_put()
-        return PutResult(digest, size, "blob", "copy", size)
+        self.put_many_bytes([(name, digest, data)])
+        return PutResult(digest, len(data), "blob", "copy", len(data))
 
     def put_many_bytes(self, items: Iterable[tuple[str, str, bytes | memoryview]]) -> tuple[int, int]:
         """``put_bytes`` for many small files at once: ``(name, expected_hash, data)`` each.
@@ -1427,7 +1433,7 @@ class ContentStore:
             for name, expected_hash, data in items:
                 size = len(data)
                 if size > self.chunk_threshold:
-                    raise ValueError(f"put_many_bytes takes files up to {self.chunk_threshold} bytes, not {size}")
+                    raise ValueError(f"{name}: put_bytes takes files up to {self.chunk_threshold} bytes, not {size}")
                 if self._present(_check_digest(expected_hash), size) is not None:
                     continue
                 if (got := xxhash.xxh3_128_hexdigest(data)) != expected_hash:
@@ -1652,7 +1658,7 @@ class ContentStore:
         """
         self.settle()
         _check_digest(digest)
-        found = self.backend.stored(digest)
+        found = self.backend.stored_for_reading(digest)
         if found is None:
             raise ObjectMissingError(f"no content stored for hash {digest}")
         return self._iter_blob(digest) if found[0] == "blob" else self._iter_recipe(digest)

@@ -201,7 +201,7 @@ class Snapshotter:
             return self.failed(f"the content store failed ({exc}): check {store.root}")
         todo = {rel: state for rel, state in states.items() if state.hash in absent}
         try:
-            if self.mode in ("copy", "reflink"):  # small files are copied into packs in both
+            if self.source.keep_small_files:  # their bytes were kept while fingerprinted
                 done, files, stored = self.source.keep_kept(todo, store)
                 for rel in done:
                     del todo[rel]

@@ -59,15 +59,6 @@ class KeptBytes:
         self._where[rel] = (digest, len(self._buffer), len(data))
         self._buffer += data
 
-    def store(self, rel: str, state: FileState, store: ContentStore, name: str) -> PutResult | None:
-        """Put the kept bytes of ``rel`` if they are ``state``'s; None when none are kept."""
-        kept = self._where.pop(rel, None)
-        if kept is None or kept[0] != state.hash or kept[2] != state.size:
-            return None
-        digest, offset, length = kept
-        with memoryview(self._buffer)[offset : offset + length] as data:
-            return store.put_bytes(data, digest, name=name)
-
     def store_many(self, states: Mapping[str, FileState], store: ContentStore) -> tuple[set[str], int, int]:
         """Put the kept bytes of those of ``states`` that have theirs: (paths done, files stored, bytes stored)."""
         # The views go with ``items`` when this returns: nothing else holds them, and the
@@ -158,7 +149,8 @@ class Source(Protocol):
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
         """Put the bytes of ``rel``, which must still be ``state``, into the content store (a snapshot).
 
-        Raises what ``ContentStore.put`` raises: ``SourceChangedError`` when the bytes moved on.
+        For the files ``keep_kept`` did not store. Raises what ``ContentStore.put`` raises:
+        ``SourceChangedError`` when the bytes moved on.
         """
         ...
 
@@ -233,10 +225,7 @@ class LocalSource:
         return self._kept.store_many(states, store)
 
     def keep_bytes(self, rel: str, state: FileState, store: ContentStore, mode: PutMode) -> PutResult:
-        path = os.path.join(self.root, rel)
-        if mode != "hardlink" and (done := self._kept.store(rel, state, store, path)) is not None:
-            return done  # small files are copied in copy and reflink modes
-        return store.put(path, state.hash, state.size, mode)
+        return store.put(os.path.join(self.root, rel), state.hash, state.size, mode)
 
 
 def open_source(location: str, *, spool_dir: str, settings: StoreSettings) -> Source:

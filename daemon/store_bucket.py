@@ -422,25 +422,7 @@ class BucketBackend(PackingBackend):
 
     # -- the pack being written ---------------------------------------------------------------
 
-    def _seal_durably(self) -> PackWriter | None:
-        """Upload the pack being written, then its .idx. On failure its objects are dropped."""
-        pack, self._pack = self._pack, None
-        if pack is None:
-            return None
-        if not pack.rows:
-            pack.discard()
-            return None
-        try:
-            self._upload(pack)
-        except BaseException:
-            pack.discard()
-            raise
-        log.debug(
-            "content store %s: uploaded pack %s (%d objects, %d bytes)", self.root, pack.name, len(pack.rows), pack.size
-        )
-        return pack
-
-    def _upload(self, pack: PackWriter) -> None:
+    def _persist(self, pack: PackWriter) -> None:
         """The pack as one object, then its .idx; a pack left without its .idx is taken back if possible."""
         with self.storing(f"pack {pack.name}"):
             pack.drain()  # records still in its write buffer go to the file first
@@ -455,15 +437,6 @@ class BucketBackend(PackingBackend):
             raise
         with self._lock:
             self._sizes[pack.name] = pack.size
-
-    def flush(self) -> None:
-        """Upload the pack being written (not inside a batch: its end does that once)."""
-        if not self.batching:
-            self._absent.clear()
-            sealed = self._seal_durably()
-            self._durable()
-            if sealed is not None:
-                self._index_sealed(sealed)
 
     def flush_removals(self) -> int:
         self.flush()
@@ -584,7 +557,7 @@ class BucketBackend(PackingBackend):
                         done += len(part)
                     location = pack.end(kind, digest, size)
                     moved.append((kind, digest, location.offset, size))
-            self._upload(pack)
+            self._persist(pack)
             with self.storing(f"the index of pack {pack.name}"):
                 self.index.move(pack.name, pack.size, moved, names)
             new_size = pack.size

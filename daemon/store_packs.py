@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import BinaryIO, Final, Literal, cast
+from typing import Any, BinaryIO, Final, Literal, cast
 
 __all__ = [
     "PACK_HEADER",
@@ -146,44 +146,38 @@ class PackIndex:
             ).fetchone()
         return (CODE_KINDS[row[0]], Location(*row[1:])) if row else None
 
-    def locate_files(self, digests: list[bytes]) -> dict[tuple[Kind, bytes], Location]:
-        """Where the contents of ``digests`` are (blobs and recipes), as ``lookup`` gives them; batched queries."""
-        found: dict[tuple[Kind, bytes], Location] = {}
+    def _by_digest(self, columns: str, kinds: tuple[Kind, ...], digests: list[bytes]) -> list[Any]:
+        """``SELECT columns`` of the objects of ``kinds`` among ``digests``, 500 digests a query."""
+        codes = tuple(KIND_CODES[k] for k in kinds)
+        rows: list[Any] = []  # sqlite3 rows of the columns asked for
         with self._lock:
             for start in range(0, len(digests), _QUERY_BATCH):
                 part = digests[start : start + _QUERY_BATCH]
-                marks = ",".join("?" * len(part))  # only placeholders are formatted in
-                columns = "SELECT kind, digest, pack, offset, size FROM objects"
-                query = f"{columns} WHERE kind IN (1, 2) AND digest IN ({marks})"
-                for code, digest, pack, offset, size in self._db.execute(query, part):
-                    found[(CODE_KINDS[code], bytes(digest))] = Location(pack, offset, size)
-        return found
+                # Only our column list and placeholders are formatted in.
+                query = (
+                    f"SELECT {columns} FROM objects WHERE kind IN ({','.join('?' * len(codes))})"  # noqa: S608
+                    f" AND digest IN ({','.join('?' * len(part))})"
+                )
+                rows += self._db.execute(query, (*codes, *part)).fetchall()
+        return rows
+
+    def locate_files(self, digests: list[bytes]) -> dict[tuple[Kind, bytes], Location]:
+        """Where the contents of ``digests`` are (blobs and recipes), as ``lookup`` gives them; batched queries."""
+        rows = self._by_digest("kind, digest, pack, offset, size", ("blob", "recipe"), digests)
+        return {(CODE_KINDS[code], bytes(d)): Location(p, o, s) for code, d, p, o, s in rows}
 
     def files_present(self, digests: list[bytes]) -> dict[bytes, tuple[Kind, int]]:
         """Of ``digests``, those stored as a file's content: (``blob`` or ``recipe``, size); batched queries."""
         found: dict[bytes, tuple[Kind, int]] = {}
-        with self._lock:
-            for start in range(0, len(digests), _QUERY_BATCH):
-                part = digests[start : start + _QUERY_BATCH]
-                marks = ",".join("?" * len(part))  # only placeholders are formatted in
-                query = f"SELECT kind, digest, size FROM objects WHERE kind IN (1, 2) AND digest IN ({marks})"  # noqa: S608
-                rows = self._db.execute(query, part).fetchall()
-                for code, digest, size in rows:
-                    kind = CODE_KINDS[code]
-                    if bytes(digest) not in found or kind == "blob":
-                        found[bytes(digest)] = (kind, size)
+        for code, digest, size in self._by_digest("kind, digest, size", ("blob", "recipe"), digests):
+            kind = CODE_KINDS[code]
+            if bytes(digest) not in found or kind == "blob":
+                found[bytes(digest)] = (kind, size)
         return found
 
     def sizes(self, kind: Kind, digests: list[bytes]) -> dict[bytes, int]:
         """Of ``digests``, those indexed as ``kind``, with their sizes; batched queries."""
-        found: dict[bytes, int] = {}
-        with self._lock:
-            for start in range(0, len(digests), _QUERY_BATCH):
-                part = digests[start : start + _QUERY_BATCH]
-                marks = ",".join("?" * len(part))  # only placeholders are formatted in
-                query = f"SELECT digest, size FROM objects WHERE kind = ? AND digest IN ({marks})"  # noqa: S608
-                found.update((bytes(d), s) for d, s in self._db.execute(query, (KIND_CODES[kind], *part)))
-        return found
+        return {bytes(d): s for d, s in self._by_digest("digest, size", (kind,), digests)}
 
     def lookup(self, kind: Kind, digest: bytes) -> Location | None:
         with self._lock:

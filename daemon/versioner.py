@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from daemon.assess import Assessor, ChangedWhileProfilingError, LookupTables, TableIndex
 from daemon.catalog import Catalog, DatasetRow, Snapshot, VersionRow
-from daemon.content_store import Sealing, StoreError
+from daemon.content_store import StoreError
 from daemon.events import rejection_message, version_messages
 from daemon.filters import PathFilter
 from daemon.fingerprint import ChangedWhileReadingError
@@ -264,12 +264,12 @@ class Versioner:
             # The bytes go to the store before the version and its event are recorded, and gc
             # waits (the shared lock) until the version that needs them is committed.
             with self._store_lock():
-                kept, sealing = self._keep(fresh, removed, latest)
+                kept, durable = self._keep(fresh, removed, latest)
                 try:
-                    row = self._commit(view, changes, fresh, quality, tables, marker_stat, kept, sealing.wait)
-                except _NotDurable as exc:  # the batch's closing sync failed: nothing is known durable
+                    row = self._commit(view, changes, fresh, quality, tables, marker_stat, kept, durable)
+                except StoreError as exc:  # from ``durable`` alone: the batch's closing sync failed
                     assert self.snapshotter is not None  # only a snapshot waits for the store
-                    kept = self.snapshotter.failed(f"the content store could not sync ({exc.__cause__})")
+                    kept = self.snapshotter.failed(f"the content store could not sync ({exc})")
                     row = self._commit(view, changes, fresh, quality, tables, marker_stat, kept, None)
         except (SnapshotRetry, ChangedWhileProfilingError) as exc:
             # A file moved on while it was stored or profiled: the view holds some of this
@@ -347,13 +347,14 @@ class Versioner:
 
     def _keep(
         self, fresh: dict[str, FileState], removed: Iterable[str], parent: VersionRow | None
-    ) -> tuple[KeepResult, _Durable]:
+    ) -> tuple[KeepResult, Callable[[], None] | None]:
         """Snapshot the version: its new files, or all of them when the parent is not restorable.
 
-        The store makes them durable in the background; the commit waits for it (``_Durable``).
+        The store makes them durable in the background: the commit calls the function returned
+        with the result, which returns once they are (``StoreError`` when they cannot be).
         """
         if self.snapshotter is None or self.snapshotter.wanted == "none":
-            return KeepResult(Snapshot("none", False, None)), _Durable(None, required=False)
+            return KeepResult(Snapshot("none", False, None)), None
         needed = fresh
         if parent is None or not parent.restorable:
             # Nothing vouches for the unchanged files (first version, a full disk last time, a
@@ -365,7 +366,7 @@ class Versioner:
         with self.snapshotter.batch() as sealing:
             kept = self.snapshotter.keep(needed)
         # A version recorded as not restorable does not wait for the store; the rest is kept anyway.
-        return kept, _Durable(sealing, required=kept.snapshot.restorable)
+        return kept, sealing.wait if kept.snapshot.restorable else None
 
     def _hash(self, rel: str, fs: FileStat, outcome: Outcome) -> FileState | None:
         """The file's fresh state; None when it vanished, cannot be read, or is still changing."""
@@ -378,29 +379,6 @@ class Versioner:
             self._reject(result)
             return None
         return result
-
-
-class _NotDurable(Exception):
-    """The store could not make a snapshot durable (its ``StoreError`` is the cause)."""
-
-
-class _Durable:
-    """What the commit of a snapshot version waits for: its store batch made durable.
-
-    The store goes on indexing the batch in the background after that; its next use waits.
-    """
-
-    def __init__(self, sealing: Sealing | None, *, required: bool) -> None:
-        self._sealing = sealing
-        self._required = required
-
-    def wait(self) -> None:
-        """Return once the batch is durable; ``_NotDurable`` (from the ``StoreError``) when it cannot be."""
-        if self._sealing is not None and self._required:
-            try:
-                self._sealing.wait()
-            except StoreError as exc:
-                raise _NotDurable from exc
 
 
 def _under_any(path: str, prefixes: set[str]) -> bool:
