@@ -257,7 +257,7 @@ class Assessor:
         if only is not None:
             rels = [only]
         else:
-            rels = [rel for rel, _ in walk(self.root, PathFilter.for_dataset(self.dataset), lambda _: None)]
+            rels = [rel for rel, _ in walk(self.root, PathFilter.for_dataset(self.dataset), lambda _: None, lazy=True)]
         # Keyed by path, not hash: nothing is looked up or stored, so the bytes need no hash.
         current = {rel: FileState(os.path.getsize(os.path.join(self.root, rel)), rel, 0, 0) for rel in rels}
         quality, _ = self.assess(current, set(current), lambda _: {}, None)

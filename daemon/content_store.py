@@ -104,7 +104,7 @@ import stat
 import struct
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Literal, NoReturn, Protocol
@@ -117,6 +117,7 @@ from daemon.errors import StrandlineError, UnreadableDataError
 from daemon.fingerprint import hash_fd
 from daemon.store_packs import (
     PACK_HEADER,
+    RECORD,
     Kind,
     Location,
     PackIndex,
@@ -432,6 +433,10 @@ class Backend(Protocol):
         """Add a whole object (a chunk, a page, a recipe)."""
         ...
 
+    def append_many(self, kind: Kind, objects: Sequence[tuple[str, bytes | memoryview]]) -> None:
+        """Add many whole small objects, (digest, bytes) each."""
+        ...
+
     def packed_writer(self, kind: Kind, digest: str, size: int) -> ObjectWriter:
         """A writer of exactly ``size`` bytes, the object once committed; leaving ``with`` uncommitted drops them."""
         ...
@@ -677,6 +682,23 @@ class PackingBackend:
             with self.storing(f"{kind} {digest}"):
                 raise exc
 
+    def append_many(self, kind: Kind, objects: Sequence[tuple[str, bytes | memoryview]]) -> None:
+        """``append`` of many small objects, (digest, bytes) each: written without copying each first."""
+        start = 0
+        while start < len(objects):
+            pack = self.pack_for(len(objects[start][1]))
+            room = PACK_TARGET - pack.size
+            end = start
+            while end < len(objects) and (end == start or len(objects[end][1]) + RECORD.size <= room):
+                room -= len(objects[end][1]) + RECORD.size
+                end += 1
+            try:
+                pack.append_many(kind, [(bytes.fromhex(digest), data) for digest, data in objects[start:end]])
+            except OSError as exc:
+                with self.storing(f"{end - start} {kind}s"):
+                    raise exc
+            start = end
+
     def packed_writer(self, kind: Kind, digest: str, size: int) -> PackedWriter:
         return PackedWriter(self, kind, digest, size)
 
@@ -705,9 +727,22 @@ class PackingBackend:
             pack.discard()
 
     def stored(self, digest: str) -> tuple[Kind, int] | None:
-        """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query."""
-        found = packed_file(self._pack, self.index, self._absent, digest)
-        return found if found is not None else self._also_stored(digest)
+        """How a file's content is stored, (``blob`` or ``recipe``, size), or None: one index query.
+
+        The pack being written is asked first; a hash ``missing`` found absent in this batch is
+        not asked about again (neither the index nor the loose files: ``install`` forgets it).
+        """
+        raw = bytes.fromhex(digest)
+        if self._pack is not None:
+            pending = self._pack.pending
+            for kind in _FILE_KINDS:
+                if (found := pending.get((kind, raw))) is not None:
+                    return kind, found.size
+        if raw in self._absent:
+            return None
+        if (hit := self.index.lookup_file(raw)) is not None:
+            return hit[0], hit[1].size
+        return self._also_stored(digest)
 
     def stored_for_reading(self, digest: str) -> tuple[Kind, int] | None:
         # A prefetched answer may be stale (gc moved or deleted the object since): good enough
@@ -897,6 +932,7 @@ class LocalBackend(PackingBackend):
         os.rename(temp, final)
         self._dirty.add(folder)
         self._loose.add(kind)
+        self._absent.discard(bytes.fromhex(digest))
 
     def locate(self, kind: Kind, digest: str) -> tuple[str, int, int] | None:
         """(file, offset, size) of an object's bytes, or None when it is not stored."""
@@ -1060,23 +1096,6 @@ class LocalBackend(PackingBackend):
         for folder in sorted(dirty):
             with self.storing(f"folder {folder}"):
                 fsync_dir(folder)
-
-
-def packed_file(pack: PackWriter | None, index: PackIndex, absent: set[bytes], digest: str) -> tuple[Kind, int] | None:
-    """Where a file's content is among packed objects: the pack being written, then the index.
-
-    ``absent`` holds hashes a batch already found missing (``missing_files``): not asked again.
-    """
-    raw = bytes.fromhex(digest)
-    if pack is not None:
-        for kind in _FILE_KINDS:
-            if (found := pack.pending.get((kind, raw))) is not None:
-                return kind, found.size
-    if raw in absent:
-        return None
-    if (hit := index.lookup_file(raw)) is not None:
-        return hit[0], hit[1].size
-    return None
 
 
 def missing_files(
@@ -1428,23 +1447,27 @@ class ContentStore:
         """
         self.settle()
         backend = self.backend
-        files = stored = 0
+        new: dict[str, bytes | memoryview] = {}  # appended together, in one call
+        stored = 0
         try:
-            for name, expected_hash, data in items:
-                size = len(data)
-                if size > self.chunk_threshold:
-                    raise ValueError(f"{name}: put_bytes takes files up to {self.chunk_threshold} bytes, not {size}")
-                if self._present(_check_digest(expected_hash), size) is not None:
-                    continue
-                if (got := xxhash.xxh3_128_hexdigest(data)) != expected_hash:
-                    raise _changed(name, f"its bytes hash to {got}, expected {expected_hash}")
-                backend.append("blob", expected_hash, data)
-                files += 1
-                stored += size
+            try:
+                for name, expected_hash, data in items:
+                    size = len(data)
+                    if size > self.chunk_threshold:
+                        limit = self.chunk_threshold
+                        raise ValueError(f"{name}: put_bytes takes files up to {limit} bytes, not {size}")
+                    if expected_hash in new or self._present(_check_digest(expected_hash), size) is not None:
+                        continue
+                    if (got := xxhash.xxh3_128_hexdigest(data)) != expected_hash:
+                        raise _changed(name, f"its bytes hash to {got}, expected {expected_hash}")
+                    new[expected_hash] = data
+                    stored += size
+            finally:
+                backend.append_many("blob", list(new.items()))
             backend.flush()
         finally:
             self._end_put()
-        return files, stored
+        return len(new), stored
 
     def _present(self, digest: str, size: int) -> PutResult | None:
         found = self.backend.stored(digest)

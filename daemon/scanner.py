@@ -11,7 +11,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from daemon.filters import PathFilter
 from schemas.events import RejectReason
@@ -24,6 +24,12 @@ class FileStat(NamedTuple):
     mtime_ns: int
     inode: int
     etag: str = ""
+
+
+# A regular file a lazy walk listed without its stat (``size`` < 0). The stat of a file the
+# catalog does not know is never used: fingerprinting it takes its own (``fstat``). Skipping it
+# saved an ``lstat`` a file, 50 ms of a pass over 20,000 new files.
+UNSTATED: Final = FileStat(-1, -1, -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +76,16 @@ def stat_error(rel: str, exc: OSError) -> Rejection:
     return Rejection(rel, "io_error", f"cannot read: {exc.strerror or exc}")
 
 
+def _non_utf8(rel: str) -> Rejection:
+    return Rejection(rel, "non_utf8_name", "file name is not valid UTF-8; rename it to version it")
+
+
 def classify_entry(root: str, rel: str, st: os.stat_result, filt: PathFilter, on_reject: OnReject) -> FileStat | None:
     """The FileStat of a wanted regular file, or None (reporting why when it matters)."""
     if not filt.wants_file(rel):
         return None
     if not is_utf8(rel):
-        on_reject(Rejection(rel, "non_utf8_name", "file name is not valid UTF-8; rename it to version it"))
+        on_reject(_non_utf8(rel))
         return None
     mode = st.st_mode
     if stat.S_ISLNK(mode):
@@ -87,8 +97,17 @@ def classify_entry(root: str, rel: str, st: os.stat_result, filt: PathFilter, on
     return FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def walk(root: str, filt: PathFilter, on_reject: OnReject, start: str = "") -> Iterator[tuple[str, FileStat]]:
-    """Yield (relative path, stat) of every wanted regular file below ``root/start``."""
+def walk(
+    root: str, filt: PathFilter, on_reject: OnReject, start: str = "", *, lazy: bool = False
+) -> Iterator[tuple[str, FileStat]]:
+    """Yield (relative path, stat) of every wanted regular file below ``root/start``.
+
+    ``lazy``: a file's stat is ``UNSTATED``; only the folder entry's type is looked at (no
+    syscall where the file system reports it, as ext4 and XFS do).
+    """
+    if lazy:
+        yield from _walk_lazy(root, filt, on_reject, start)
+        return
     stack = [start]
     while stack:
         rel_dir = stack.pop()
@@ -118,10 +137,48 @@ def walk(root: str, filt: PathFilter, on_reject: OnReject, start: str = "") -> I
                     yield rel, fs
 
 
+def _walk_lazy(root: str, filt: PathFilter, on_reject: OnReject, start: str) -> Iterator[tuple[str, FileStat]]:
+    stack = [start]
+    while stack:
+        rel_dir = stack.pop()
+        full_dir = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            it = os.scandir(full_dir)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            on_reject(stat_error(rel_dir or ".", exc))
+            continue
+        with it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        if filt.wants_file(rel):
+                            if is_utf8(rel):
+                                yield rel, UNSTATED
+                            else:
+                                on_reject(_non_utf8(rel))
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        if filt.wants_dir(rel):
+                            stack.append(rel)
+                        continue
+                    st = entry.stat(follow_symlinks=False)  # a symlink or a special file: say which
+                except OSError as exc:
+                    if filt.wants_file(rel):
+                        on_reject(stat_error(rel, exc))
+                    continue
+                classify_entry(root, rel, st, filt, on_reject)
+
+
 def stat_paths(
-    root: str, rels: Iterable[str], filt: PathFilter, on_reject: OnReject
+    root: str, rels: Iterable[str], filt: PathFilter, on_reject: OnReject, *, lazy: bool = False
 ) -> tuple[dict[str, FileStat], set[str]]:
-    """Current state of the given paths: files found (folders are walked) and paths now absent."""
+    """Current state of the given paths: files found (folders are walked) and paths now absent.
+
+    ``lazy``: as ``walk``'s, for the files of folders walked (a path given is always stat'ed).
+    """
     found: dict[str, FileStat] = {}
     absent: set[str] = set()
     for rel in rels:
@@ -142,7 +199,7 @@ def stat_paths(
             # Anything previously known below it but not found now is gone.
             absent.add(rel)
             if filt.wants_dir(rel):
-                found.update(walk(root, filt, on_reject, start=rel))
+                found.update(walk(root, filt, on_reject, start=rel, lazy=lazy))
             continue
         fs = classify_entry(root, rel, st, filt, on_reject)
         if fs is None:

@@ -202,9 +202,11 @@ class Versioner:
                 return Outcome()  # no new commit marker: the writer has not finished
             dirty = None  # a job that writes a marker may rewrite anything: look at all of it
 
+        absent: set[str] = set()
         if dirty is None:
             found = dict(self.source.walk(self.filter, self._reject))
             known = self.catalog.current_states(self.row.id)
+            self._stat_known(found, known, absent)
             removed = [p for p in known if p not in found]
         else:
             found, absent = self.source.stat_paths([p for p in dirty if p not in listed], self.filter, self._reject)
@@ -214,6 +216,7 @@ class Versioner:
             )
             # Undecodable names were rejected above and can never be in the catalog.
             known = self.catalog.current_states(self.row.id, None if bulk else filter(is_utf8, dirty))
+            self._stat_known(found, known, absent)
             removed = [p for p in known if p not in found and _under_any(p, absent)]
 
         outcome = Outcome()
@@ -367,6 +370,19 @@ class Versioner:
             kept = self.snapshotter.keep(needed)
         # A version recorded as not restorable does not wait for the store; the rest is kept anyway.
         return kept, sealing.wait if kept.snapshot.restorable else None
+
+    def _stat_known(self, found: dict[str, FileStat], known: Mapping[str, FileState], absent: set[str]) -> None:
+        """Stat the files listed without one (``UNSTATED``) that the catalog knows: their stat
+        may prove them unchanged. A file gone since the listing joins ``absent``."""
+        unstated = [p for p, fs in found.items() if fs.size < 0 and p in known]
+        if not unstated:
+            return
+        stated, gone = self.source.stat_paths(unstated, self.filter, self._reject)
+        for rel in unstated:
+            if rel not in stated:
+                del found[rel]
+        found.update(stated)  # a folder now in a file's place is walked: its files too
+        absent |= gone
 
     def _hash(self, rel: str, fs: FileStat, outcome: Outcome) -> FileState | None:
         """The file's fresh state; None when it vanished, cannot be read, or is still changing."""

@@ -1206,6 +1206,68 @@ def test_put_many_bytes_stores_each_content_once_and_refuses_bytes_that_moved_on
     assert not store.has(bad[1])
 
 
+def test_many_small_contents_survive_short_writes_and_fill_several_packs(
+    store: ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # put_many_bytes writes records straight from the callers' buffers, up to 1,024 a call: a
+    # short write (a signal, a filling disk) must resume exactly where it stopped, and a pack
+    # that fills up must be sealed with the next records going to a new one.
+    import daemon.content_store as content_store_module
+
+    monkeypatch.setattr(content_store_module, "PACK_TARGET", 256 * 1024)
+    real = os.pwritev
+    calls: list[int] = []
+
+    def pwritev_short(fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
+        # The kernel's own call, asked for at most 10,000 bytes each time (the rest is "not yet").
+        budget, cut = 10_000, []
+        for buffer in buffers:
+            view = memoryview(buffer)[:budget]
+            cut.append(view)
+            budget -= len(view)
+            if not budget:
+                break
+        calls.append(len(buffers))
+        return real(fd, cut, offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev_short)
+    datas = [csv_bytes(1000 + 37 * n, seed=400 + n) for n in range(300)]
+    items = [(f"f{n}.csv", xxhash.xxh3_128_hexdigest(d), d) for n, d in enumerate(datas)]
+    with store.batch():
+        assert store.put_many_bytes(items) == (300, sum(map(len, datas)))
+    monkeypatch.undo()
+    assert len(calls) > 50, "the writes were not cut short"
+    assert len(packs(store)) >= 3
+    assert [content(store, digest) for _name, digest, _data in items] == datas
+    assert store.verify() == []
+
+
+def test_a_full_disk_while_many_small_contents_are_written_keeps_only_whole_ones(
+    store: ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwritev
+    calls = 0
+
+    def pwritev(fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    datas = [csv_bytes(2000, seed=900 + n) for n in range(1500)]  # over 1,024 buffers: two calls
+    items = [(f"f{n}.csv", xxhash.xxh3_128_hexdigest(d), d) for n, d in enumerate(datas)]
+    with pytest.raises(StoreFullError), store.batch():
+        store.put_many_bytes(items)
+    monkeypatch.undo()
+    kept = [digest for _name, digest, _data in items if store.has(digest)]
+    assert len(kept) == 512, "the records of the first call (512 of them) are whole and stored"
+    for _name, digest, data in items[:512]:
+        assert content(store, digest) == data
+    assert store.verify() == []
+
+
 def test_prefetched_contents_are_read_without_a_query_each_and_a_stale_answer_asks_again(
     store: ContentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -378,3 +378,79 @@ def test_the_cyclic_collector_waits_for_the_end_of_a_pass_even_a_failed_one(
         assert engine.versions_created == 1
     assert seen == [False, False], "the collector ran during a pass"
     assert gc.isenabled(), "the collector stayed off after a failed pass"
+
+
+def test_a_lazy_listing_finds_the_same_files_and_rejects_the_same_entries(tmp_path: Path) -> None:
+    import os
+
+    from daemon.filters import PathFilter
+    from daemon.scanner import UNSTATED, FileStat, walk
+
+    root = tmp_path / "d"
+    _write(root, {"a.csv": "1", "sub/b.csv": "2", "sub/deeper/c.csv": "3", "sub/.~lock.x#": "tmp"})
+    os.symlink(root / "a.csv", root / "link.csv")
+    os.symlink("/etc/hostname", root / "sub" / "escape.csv")
+    os.mkfifo(root / "fifo.csv")
+    (root / os.fsdecode(b"bad\xff.csv")).write_bytes(b"x")
+
+    def listing(lazy: bool) -> tuple[dict[str, FileStat], list[tuple[str, str]]]:
+        rejected: list[tuple[str, str]] = []
+        found = dict(walk(str(root), PathFilter(), lambda r: rejected.append((r.rel, r.reason)), lazy=lazy))
+        return found, sorted(rejected)
+
+    (eager, eager_rejected), (lazy, lazy_rejected) = listing(False), listing(True)
+    assert set(lazy) == set(eager) == {"a.csv", "sub/b.csv", "sub/deeper/c.csv"}
+    assert set(lazy.values()) == {UNSTATED}
+    assert all(st.size == 1 for st in eager.values())
+    assert lazy_rejected == eager_rejected
+    assert {reason for _rel, reason in lazy_rejected} == {
+        "symlink_not_followed",
+        "symlink_escapes_root",
+        "not_regular_file",
+        "non_utf8_name",
+    }
+
+
+def test_a_folder_noticed_again_rereads_only_new_files_and_sees_a_known_one_gone_after_the_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The files of a folder are listed without their stat; the ones the catalog knows are stat'ed
+    # after (their stat may prove them unchanged). b.bin goes between the two, for real.
+    import os
+
+    from daemon import fingerprint, scanner, sources
+
+    root = tmp_path / "d"
+    _write(root, {"f/a.bin": "a", "f/b.bin": "b", "f/c.bin": "c"})
+    for rel in ("f/a.bin", "f/b.bin", "f/c.bin"):
+        os.utime(root / rel, (1_700_000_000, 1_700_000_000))  # not "racy": their stat is trusted
+    config = _config(tmp_path, root)
+    real_stat_paths, real_hash = scanner.stat_paths, fingerprint.hash_file_keeping
+    restated: list[list[str]] = []
+    read: list[str] = []
+
+    def stat_paths(root_: str, rels: list[str], *args: object, **kwargs: object) -> object:
+        if all(not os.path.isdir(os.path.join(root_, rel)) for rel in rels):  # the known files' stat
+            restated.append(sorted(rels))
+            (root / "f" / "b.bin").unlink()
+        return real_stat_paths(root_, rels, *args, **kwargs)  # type: ignore[arg-type]
+
+    def hash_file_keeping(path: str, limit: int) -> object:
+        read.append(os.path.relpath(path, root))
+        return real_hash(path, limit)
+
+    with Catalog(catalog_path(config)) as catalog:
+        engine = _reconciled(catalog, config)
+        _write(root, {"f/new.bin": "new"})
+        monkeypatch.setattr(sources, "stat_paths", stat_paths)
+        monkeypatch.setattr(sources, "hash_file_keeping", hash_file_keeping)
+        engine.note_path(str(root / "f"), "created")
+        engine.process_due(ignore_settle=True)
+        assert restated == [["f/a.bin", "f/b.bin", "f/c.bin"]]
+        assert read == ["f/new.bin"], "a known file whose stat matched was read again"
+        latest = catalog.latest_version("d")
+        assert latest is not None and latest.seq == 2
+        assert [(c.path, c.change) for c in catalog.changes("d", 2)] == [
+            ("f/b.bin", "removed"),
+            ("f/new.bin", "added"),
+        ]
