@@ -148,7 +148,13 @@ class Engine:
         if ds.snapshot != "none":
             snapshotter = Snapshotter(self._store_site(), ds.name, ds.snapshot, source)
         versioner = Versioner(
-            self.catalog, self.config, ds, on_version=self._on_version, source=source, snapshotter=snapshotter
+            self.catalog,
+            self.config,
+            ds,
+            on_version=self._on_version,
+            source=source,
+            snapshotter=snapshotter,
+            on_commit=self._on_commit,
         )
         return _Dataset(
             ds,

@@ -12,12 +12,13 @@ No record nears the broker's 1 MB default, whatever the version:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import xxhash
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from daemon.catalog import VersionRow
 from daemon.outbox import OutboxMessage
@@ -83,29 +84,76 @@ def cloud_event(
     return OutboxMessage(
         topic=topic,
         key=key.encode("utf-8"),
-        value=value.model_dump_json(exclude_none=True).encode(),
+        value=_json(value),
         headers=_headers(event_type, ce_id, source, subject, time),
     )
 
 
+def _json(value: BaseModel) -> bytes:
+    return value.__pydantic_serializer__.to_json(value, exclude_none=True)
+
+
 def _json_sizes(items: Sequence[BaseModel]) -> list[int]:
-    return [len(item.model_dump_json(exclude_none=True)) + _SIZE_SLACK for item in items]
+    return [len(_json(item)) + _SIZE_SLACK for item in items]
 
 
-def _split_by_size(items: Sequence[M], budget: int, sizes: Sequence[int] | None = None) -> list[list[M]]:
-    """Consecutive runs of ``items`` whose JSON stays within ``budget`` bytes (one item at least).
-
-    ``sizes``: ``_json_sizes(items)``, when the caller splits the same items more than once.
-    """
-    chunks: list[list[M]] = [[]]
-    used = 0
-    for item, size in zip(items, sizes if sizes is not None else _json_sizes(items), strict=True):
-        if chunks[-1] and used + size > budget:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(item)
+def _runs(sizes: Sequence[int], budget: int) -> list[range]:
+    """Consecutive runs of items of these sizes that stay within ``budget`` (one item at least)."""
+    runs: list[range] = []
+    start = used = 0
+    for i, size in enumerate(sizes):
+        if i > start and used + size > budget:
+            runs.append(range(start, i))
+            start, used = i, 0
         used += size
-    return chunks
+    runs.append(range(start, len(sizes)))
+    return runs
+
+
+def _split_by_size(items: Sequence[M], budget: int) -> list[list[M]]:
+    """Consecutive runs of ``items`` whose JSON stays within ``budget`` bytes (one item at least)."""
+    return [list(items[run.start : run.stop]) for run in _runs(_json_sizes(items), budget)]
+
+
+class _ChangeList:
+    """A version's changes serialized once (not once to measure and again to publish): each
+    change's JSON, and any run of them as the JSON array a ``VersionChanges`` value holds.
+
+    A change's JSON starts with ``{"path":``, and ``,{"path":`` (an unescaped quote) cannot
+    occur inside a JSON string: the array splits exactly there, into the items as
+    ``model_dump_json`` writes them.
+    """
+
+    _ADAPTER: ClassVar[TypeAdapter[list[FileChange]]] = TypeAdapter(list[FileChange])
+
+    def __init__(self, changes: Sequence[FileChange]) -> None:
+        self.whole = self._ADAPTER.dump_json(list(changes), exclude_none=True)
+        pieces = self.whole[1:-1].split(b',{"path":') if changes else []
+        # Where each item starts and ends in ``whole``; the split took 8 bytes off all but the first.
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        at = 1
+        for i, piece in enumerate(pieces):
+            start = at if i == 0 else at + 1
+            end = start + len(piece) + (0 if i == 0 else 8)
+            self.starts.append(start)
+            self.ends.append(end)
+            at = end
+        assert len(pieces) == len(changes) and (not changes or at == len(self.whole) - 1)
+
+    def sizes(self) -> list[int]:
+        return [end - start + _SIZE_SLACK for start, end in zip(self.starts, self.ends, strict=True)]
+
+    def array(self, run: range) -> bytes:
+        """The JSON array of the changes in ``run``."""
+        return b"[" + self.whole[self.starts[run.start] : self.ends[run.stop - 1]] + b"]"
+
+
+def _with_changes(value: VersionChanges, changes: bytes) -> bytes:
+    """``value`` (its ``changes`` empty) as JSON, with the JSON array ``changes`` in their place."""
+    empty = _json(value)
+    assert not value.changes and empty.endswith(b'"changes":[]}'), "changes must stay the last field"
+    return empty[: -len(b"[]}")] + changes + b"}"
 
 
 def _bounded_change(change: SchemaChange) -> tuple[SchemaChange, bool]:
@@ -150,10 +198,11 @@ def version_messages(
 ) -> list[OutboxMessage]:
     """The version event; for a large change-set the chunks of its complete change list; for
     tables the parts of its profile; for an invalid or unreadable version a validation failure."""
-    sizes = _json_sizes(changes)
-    head = _split_by_size(changes, EVENT_CHANGES_BUDGET, sizes)[0] if changes else []
+    listed = _ChangeList(changes)
+    sizes = listed.sizes()
+    head = changes[: len(_runs(sizes, EVENT_CHANGES_BUDGET)[0])]
     truncated = len(head) < len(changes)
-    chunks = _split_by_size(changes, CHUNK_BUDGET, sizes) if truncated else []
+    chunks = _runs(sizes, CHUNK_BUDGET) if truncated else []
     quality = quality or Quality()
     source = source_uri(host, row.dataset)
     subject = f"{row.dataset}@{row.seq}"
@@ -163,6 +212,13 @@ def version_messages(
         return cloud_event(
             topic, key, event_type, value, ce_id=ce_id, source=source, subject=subject, time=row.created_at
         )
+
+    def changes_record(i: int, run: range) -> OutboxMessage:
+        empty = VersionChanges(
+            dataset=row.dataset, version=row.seq, version_id=row.version_id, chunk=i, chunks=len(chunks), changes=()
+        )
+        message = record(kafka.manifests_topic, row.version_id, "dataset.version.changes", empty, str(i))
+        return dataclasses.replace(message, value=_with_changes(empty, listed.array(run)))
 
     messages: list[OutboxMessage] = []
     table: TableSummary | None = None
@@ -225,23 +281,7 @@ def version_messages(
             reason=row.snapshot_note,
         ),
     )
-    messages += [
-        record(
-            kafka.manifests_topic,
-            row.version_id,
-            "dataset.version.changes",
-            VersionChanges(
-                dataset=row.dataset,
-                version=row.seq,
-                version_id=row.version_id,
-                chunk=i,
-                chunks=len(chunks),
-                changes=tuple(chunk),
-            ),
-            str(i),
-        )
-        for i, chunk in enumerate(chunks)
-    ]
+    messages += [changes_record(i, run) for i, run in enumerate(chunks)]
     # Chunks first: a subscriber that sees a truncated event can already read the full list.
     messages.append(record(kafka.versions_topic, row.dataset, "dataset.version.created", event))
     if quality.status in ("invalid", "unreadable"):

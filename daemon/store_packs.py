@@ -36,6 +36,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import suppress
+from operator import itemgetter
 from typing import Any, BinaryIO, Final, Literal, NamedTuple, cast
 
 __all__ = [
@@ -301,11 +302,16 @@ IndexPayload = tuple[str, bytes]  # what ``_INSERT_ROWS`` takes: the JSON of (ki
 
 
 def index_payload(rows: Iterable[Row]) -> IndexPayload:
-    """A pack's rows as ``PackIndex.add_pack`` inserts them, in key order (B-tree inserts in order are faster)."""
-    ordered = sorted((KIND_CODES[k], d, o, s) for k, d, o, s in rows)
+    """A pack's rows as ``PackIndex.add_pack`` inserts them, by digest (B-tree inserts in order are faster).
+
+    By digest alone, not (kind, digest): a pack's rows are mostly of one kind, and the order
+    is only a speed-up. Sorting tuples made first took a third of this, in the versioner's thread.
+    """
+    ordered = sorted(rows, key=itemgetter(1))
     if any(len(d) != 16 for _k, d, _o, _s in ordered):
         raise ValueError("a digest is not 16 bytes")
-    triples = json.dumps([(k, o, s) for k, _d, o, s in ordered], separators=(",", ":"))
+    codes = KIND_CODES
+    triples = json.dumps([(codes[k], o, s) for k, _d, o, s in ordered], separators=(",", ":"))
     return triples, b"".join(d for _k, d, _o, _s in ordered)
 
 

@@ -73,6 +73,7 @@ class Versioner:
         *,
         source: Source,
         snapshotter: Snapshotter | None = None,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.config = config
@@ -87,6 +88,9 @@ class Versioner:
         )
         self.snapshotter = snapshotter  # None: versions are recorded as not restorable (policy none)
         self._on_version = on_version
+        # Called as soon as a version is committed (the publisher's wake-up): freeing a pass's
+        # objects after it took 20 ms at 20,000 new files, which the event need not wait for.
+        self._on_commit = on_commit or (lambda: None)
         self._view: _View | None = None
         self._reported: set[tuple[str, str]] = set()
         self.rejections: Counter[str] = Counter()  # rejected paths by reason (for /metrics)
@@ -291,6 +295,7 @@ class Versioner:
         except BaseException:
             self._view = None
             raise
+        self._on_commit()
         view.seq = row.seq
         outcome.version, outcome.changes = row, changes
         outcome.stored_bytes = kept.stored_bytes

@@ -280,6 +280,12 @@ def test_an_unreadable_source_is_reported_as_such(store: ContentStore, tmp_path:
         store.put(tmp_path / "link", "0" * 32, 1)
     with pytest.raises(ValueError, match="not an XXH3-128"):
         store.has("../../etc/passwd")
+    # Checked all at once: a bad one among good ones is still named, even one that realigns
+    # the hex of its neighbours (31 + 33 characters).
+    good = [f"{i:032x}" for i in range(50)]
+    for bad in (["../" + "0" * 29], ["A" * 32], ["0" * 31, "0" * 33]):
+        with pytest.raises(ValueError, match="not an XXH3-128"):
+            store.missing(dict.fromkeys([*good, *bad], 1))
 
 
 def test_reading_a_hash_that_is_not_stored_raises(store: ContentStore) -> None:

@@ -131,6 +131,31 @@ def test_a_huge_change_set_is_truncated_and_chunked_under_the_broker_limit() -> 
     assert {m.key for m in messages[:-1]} == {b"v" * 32}
 
 
+def test_change_chunks_spliced_from_one_serialization_are_byte_for_byte_the_models_json() -> None:
+    # The chunks' values are cut from one serialization of the whole list: they must be exactly
+    # what serializing each VersionChanges gives, whatever the names hold (quotes, braces, the
+    # separator itself, controls, non-ASCII; names that are not UTF-8 are never versioned).
+    odd = ['a,{"path":b', "}{", 'q"uote', "back\\slash", "tab\tnl\n", "日本", "😀", "\u2028"]
+    kinds = ("added", "modified", "removed")
+    changes = []
+    for i in range(12_000):
+        kind = kinds[i % 3]
+        hashes = {"new_hash": f"{i:032x}"} if kind != "removed" else {}
+        old = {"old_hash": f"{i + 1:032x}", "old_size": i + 1} if kind != "added" else {}
+        size = {"size": i} if kind != "removed" else {}
+        changes.append(FileChange(path=f"{odd[i % len(odd)]}/{i:05d}-{'x' * 40}", change=kind, **size, **hashes, **old))
+    messages = version_messages(KafkaConfig(), "h", "/r", _row(), changes)
+    chunk_messages = messages[:-1]
+    assert len(chunk_messages) > 2
+    seen: list[FileChange] = []
+    for i, message in enumerate(chunk_messages):
+        parsed = VersionChanges.model_validate_json(message.value)
+        assert (parsed.chunk, parsed.chunks) == (i, len(chunk_messages))
+        assert message.value == parsed.model_dump_json(exclude_none=True).encode()
+        seen += parsed.changes
+    assert seen == changes
+
+
 def test_version_event_headers_are_cloudevents_binary_mode_with_deterministic_id() -> None:
     kafka = KafkaConfig()
     changes = [FileChange(path="a.csv", change="added", size=1, new_hash="0" * 32)]

@@ -203,8 +203,31 @@ def test_looking_up_changed_paths_uses_the_index_of_current_entries(tmp_path: Pa
         assert set(catalog.current_states(ds, ["a"])) == {"a/x", "a/y/z"}
         assert set(catalog.current_states(ds, ["a/x", "b.bin"])) == {"a/x", "b.bin"}
         plans = list(_plans(catalog, lambda: catalog.current_states(ds, ["a", "many/0001.bin"])))
-        assert plans and all("entries_current" in p and "entries_to" not in p for p in plans), plans
+        assert plans and all("entries_current" in p and "entries_closed" not in p for p in plans), plans
         assert all("path=?" in p and "path>? AND path<?" in p for p in plans), plans
+
+
+def test_a_versions_changes_are_read_through_indexes_that_new_entries_do_not_enter(tmp_path: Path) -> None:
+    # entries_closed holds closed entries only: a version adding 20,000 files inserts nothing there.
+    root = tmp_path / "d"
+    _write(root, {f"f{i:03}.bin": str(i) for i in range(40)})
+    config = _config(tmp_path, root)
+    with Catalog(catalog_path(config)) as catalog:
+        engine = _reconciled(catalog, config)
+        _write(root, {"f001.bin": "changed", "new.bin": "new"})
+        (root / "f002.bin").unlink()
+        engine.request_reconcile()
+        engine.process_due(ignore_settle=True)
+        assert [(c.path, c.change) for c in catalog.changes("d", 2)] == [
+            ("f001.bin", "modified"),
+            ("f002.bin", "removed"),
+            ("new.bin", "added"),
+        ]
+        plans = list(_plans(catalog, lambda: catalog.changes("d", 2)))
+        assert any("USING INDEX entries_from (dataset_id=? AND from_seq=?)" in p for p in plans), plans
+        assert any("USING INDEX entries_closed (dataset_id=? AND to_seq=?)" in p for p in plans), plans
+        indexed = catalog._db.execute("SELECT COUNT(*) FROM entries INDEXED BY entries_closed WHERE to_seq > 0")
+        assert indexed.fetchone()[0] == 2, "only the two closed entries are in the index"
 
 
 def test_stored_table_reads_are_found_by_primary_key_not_by_a_scan(tmp_path: Path) -> None:
@@ -454,3 +477,23 @@ def test_a_folder_noticed_again_rereads_only_new_files_and_sees_a_known_one_gone
             ("f/b.bin", "removed"),
             ("f/new.bin", "added"),
         ]
+
+
+def test_the_publisher_is_woken_as_soon_as_a_version_and_its_event_are_committed(tmp_path: Path) -> None:
+    # The engine wakes the publisher through the versioner right after the commit, not once the
+    # pass has freed its objects: the wake must find the version and its event recorded.
+    root = tmp_path / "d"
+    _write(root, {f"f{i:03}.bin": str(i) for i in range(30)})
+    config = _config(tmp_path, root)
+    with Catalog(catalog_path(config)) as catalog:
+        seen: list[tuple[int | None, int]] = []
+
+        def woken() -> None:
+            latest = catalog.latest_version("d")
+            seen.append((latest.seq if latest else None, len(catalog.pending(100))))
+
+        engine = Engine(catalog, config, list(config.datasets), on_commit=woken)
+        engine.request_reconcile()
+        engine.process_due(ignore_settle=True)
+        assert seen[0][0] == 1 and seen[0][1] >= 1, seen
+        assert len(seen) == 2, "the versioner's wake, then the engine's at the end of the pass"
