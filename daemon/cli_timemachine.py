@@ -527,7 +527,7 @@ def verify(deep: bool, config: Path | None, as_json: bool) -> None:
         problems = store.verify(deep=deep)
         with _catalog(cfg) as catalog:
             live = catalog.live_hashes()
-            missing = sorted(h for h in live if not store.has(h))
+            missing = sorted(store.missing(dict.fromkeys(live)))  # batched: not a lookup per hash
             users = catalog.users_of({p.digest for p in problems} | set(missing))
     except StrandlineError as exc:
         base._fail(exc)

@@ -435,8 +435,8 @@ class Backend(Protocol):
         """``stored``, answered from a ``prefetch`` when it can be; for reads only."""
         ...
 
-    def missing(self, wanted: Mapping[str, int]) -> set[str]:
-        """Of ``wanted`` (hash: size), the hashes not stored; remembered until the batch ends."""
+    def missing(self, wanted: Mapping[str, int | None]) -> set[str]:
+        """Of ``wanted`` (hash: size, None for any), the hashes not stored; remembered until the batch ends."""
         ...
 
     def append(self, kind: Kind, digest: str, data: bytes | memoryview) -> None:
@@ -775,8 +775,8 @@ class PackingBackend:
             return hit
         return self.index.lookup(kind, raw)
 
-    def missing(self, wanted: Mapping[str, int]) -> set[str]:
-        """Of ``wanted`` (hash: size), the hashes whose content is not stored; batched index queries."""
+    def missing(self, wanted: Mapping[str, int | None]) -> set[str]:
+        """Of ``wanted`` (hash: size, None for any), the hashes whose content is not stored; batched index queries."""
         absent = missing_files(self.index, wanted, self._also_stored)
         if self.batching:
             self._absent.update(bytes.fromhex(digest) for digest in absent)
@@ -1109,9 +1109,10 @@ class LocalBackend(PackingBackend):
 
 
 def missing_files(
-    index: PackIndex, wanted: Mapping[str, int], also: Callable[[str], object | None] | None = None
+    index: PackIndex, wanted: Mapping[str, int | None], also: Callable[[str], object | None] | None = None
 ) -> set[str]:
-    """Of ``wanted`` (hash: size), those the index lacks (a blob of another size counts as lacking).
+    """Of ``wanted`` (hash: size), those the index lacks (a blob of another size counts as lacking,
+    unless the size is None).
 
     Asked in batches (a query per file was an eighth of snapshotting 20,000 small files);
     ``also`` is asked about each one the index lacks (loose files), when given.
@@ -1121,7 +1122,7 @@ def missing_files(
     absent: set[str] = set()
     for raw, size in raws.items():
         hit = found.get(raw)
-        if hit is not None and (hit[0] == "recipe" or hit[1] == size):
+        if hit is not None and (hit[0] == "recipe" or size is None or hit[1] == size):
             continue
         digest = raw.hex()
         if also is not None and also(digest) is not None:
@@ -1327,8 +1328,11 @@ class ContentStore:
             return True
         return self.backend.size("recipe", digest) is not None
 
-    def missing(self, wanted: Mapping[str, int]) -> set[str]:
-        """Of ``wanted`` (hash: size), the hashes not stored yet; use it before many puts in a batch."""
+    def missing(self, wanted: Mapping[str, int | None]) -> set[str]:
+        """Of ``wanted`` (hash: size), the hashes not stored yet; use it before many puts in a batch.
+
+        A size of None asks for the content whatever the size of its blob (as ``has`` without one).
+        """
         self.settle()
         _check_digests(wanted.keys())
         with self.backend.storing("a lookup"):

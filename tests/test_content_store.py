@@ -1085,6 +1085,13 @@ def test_missing_names_what_is_not_stored_and_a_batch_then_stores_it_without_ask
         assert put_file(store, new).method == "present", "the batch's own puts are seen"
     assert store.missing(wanted) == {files[0][1]}
     assert content(store, new_hash) == new.read_bytes()
+    # Without a size, any blob of the content counts, as has() says; a chunked file's too.
+    big = tmp_path / "big.csv"
+    big.write_bytes(csv_bytes(3 * SMALL_THRESHOLD, seed=81))
+    big_hash = put_file(store, big).hash
+    unknown = "f" * 32
+    anysize = dict.fromkeys([*wanted, big_hash, unknown])
+    assert store.missing(anysize) == {unknown} == {h for h in anysize if not store.has(h)}
 
 
 def test_a_pack_gc_retired_but_did_not_delete_is_deleted_on_open_not_indexed_again(

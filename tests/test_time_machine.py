@@ -335,6 +335,29 @@ def test_a_corrupted_object_is_caught_by_verify_and_by_restore_which_leaves_the_
     assert tree(target) == {"mine.txt": b"keep me\n"}
 
 
+def test_verify_names_every_content_a_version_needs_that_the_store_lost(
+    config_for: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    config = config_for([DatasetConfig(name="m", root=data_dir, snapshot="copy")])
+    cfg = write_toml(config, tmp_path / "strandline.toml")
+    for i in range(30):
+        (data_dir / f"f{i:02}.txt").write_text(f"file {i}\n")
+    strandline(cfg, "scan", "--no-publish")
+    with Catalog(catalog_path(config), readonly=True) as catalog:
+        manifest = catalog.manifest("m", 1)
+    packs = list((Path(store_path(config)) / "packs").glob("*.pack"))
+    assert packs
+    for pack in packs:  # lost with the disk that held them; the index forgets them on open
+        pack.unlink()
+    checked = strandline(cfg, "verify", "--json", check=False)
+    assert checked.returncode == 1
+    problems = json.loads(checked.stdout)["problems"]
+    assert sorted(p["hash"] for p in problems) == sorted(st.hash for st in manifest.values())
+    assert {p["problem"] for p in problems} == {"missing"}
+    by_hash = {p["hash"]: p["used_by"] for p in problems}
+    assert by_hash[manifest["f07.txt"].hash] == [["m", 1, "f07.txt"]]
+
+
 def test_a_manifest_path_with_dotdot_cannot_make_restore_write_outside_the_target(
     config_for: Any, data_dir: Path, tmp_path: Path
 ) -> None:
