@@ -102,12 +102,32 @@ def walk(
 ) -> Iterator[tuple[str, FileStat]]:
     """Yield (relative path, stat) of every wanted regular file below ``root/start``.
 
-    ``lazy``: a file's stat is ``UNSTATED``; only the folder entry's type is looked at (no
-    syscall where the file system reports it, as ext4 and XFS do).
+    ``lazy``: a regular file's stat is ``UNSTATED``; only the folder entry's type is looked at
+    (no syscall where the file system reports it, as ext4 and XFS do).
     """
-    if lazy:
-        yield from _walk_lazy(root, filt, on_reject, start)
-        return
+    for rel, entry in _entries_below(root, filt, on_reject, start):
+        try:
+            if lazy and entry.is_file(follow_symlinks=False):
+                if filt.wants_file(rel):
+                    if is_utf8(rel):
+                        yield rel, UNSTATED
+                    else:
+                        on_reject(_non_utf8(rel))
+                continue
+            st = entry.stat(follow_symlinks=False)  # lazy: a symlink or a special file, to say which
+        except OSError as exc:
+            if filt.wants_file(rel):
+                on_reject(stat_error(rel, exc))
+            continue
+        fs = classify_entry(root, rel, st, filt, on_reject)
+        if fs is not None:
+            yield rel, fs
+
+
+def _entries_below(
+    root: str, filt: PathFilter, on_reject: OnReject, start: str
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry that is not a folder below ``root/start``, in the folders the filter wants."""
     stack = [start]
     while stack:
         rel_dir = stack.pop()
@@ -123,53 +143,15 @@ def walk(
             for entry in it:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    is_dir = entry.is_dir(follow_symlinks=False)
                 except OSError as exc:
                     if filt.wants_file(rel):
                         on_reject(stat_error(rel, exc))
                     continue
-                if stat.S_ISDIR(st.st_mode):
-                    if filt.wants_dir(rel):
-                        stack.append(rel)
-                    continue
-                fs = classify_entry(root, rel, st, filt, on_reject)
-                if fs is not None:
-                    yield rel, fs
-
-
-def _walk_lazy(root: str, filt: PathFilter, on_reject: OnReject, start: str) -> Iterator[tuple[str, FileStat]]:
-    stack = [start]
-    while stack:
-        rel_dir = stack.pop()
-        full_dir = os.path.join(root, rel_dir) if rel_dir else root
-        try:
-            it = os.scandir(full_dir)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            on_reject(stat_error(rel_dir or ".", exc))
-            continue
-        with it:
-            for entry in it:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        if filt.wants_file(rel):
-                            if is_utf8(rel):
-                                yield rel, UNSTATED
-                            else:
-                                on_reject(_non_utf8(rel))
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        if filt.wants_dir(rel):
-                            stack.append(rel)
-                        continue
-                    st = entry.stat(follow_symlinks=False)  # a symlink or a special file: say which
-                except OSError as exc:
-                    if filt.wants_file(rel):
-                        on_reject(stat_error(rel, exc))
-                    continue
-                classify_entry(root, rel, st, filt, on_reject)
+                if not is_dir:
+                    yield rel, entry
+                elif filt.wants_dir(rel):
+                    stack.append(rel)
 
 
 def stat_paths(

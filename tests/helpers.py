@@ -326,3 +326,18 @@ def fail_pack_fsyncs(monkeypatch: Any) -> Callable[[], None]:
 
     monkeypatch.setattr(os, "fsync", fsync)
     return lambda: monkeypatch.setattr(os, "fsync", real_fsync)
+
+
+def disk_full_at_call(monkeypatch: Any, name: str, call: int) -> None:
+    """Make the ``call``-th call of ``os.<name>`` (``pwrite``, ``pwritev``) fail with ENOSPC; the others go through."""
+    real = getattr(os, name)
+    calls = 0
+
+    def write(*args: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return int(real(*args))
+
+    monkeypatch.setattr(os, name, write)

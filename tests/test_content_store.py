@@ -42,7 +42,7 @@ from daemon.content_store import (
 )
 from daemon.errors import UnreadableDataError
 from daemon.fingerprint import hash_file
-from tests.helpers import fail_pack_fsyncs
+from tests.helpers import disk_full_at_call, fail_pack_fsyncs
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -1006,17 +1006,7 @@ def test_a_full_disk_in_the_middle_of_a_batch_never_leaves_a_file_stored_without
         path = folder / f"f{n}.csv"
         path.write_bytes(csv_bytes(6000, seed=5000 + n))
         sources.append(path)
-    real_pwrite = os.pwrite
-    calls = 0
-
-    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", pwrite)
+    disk_full_at_call(monkeypatch, "pwrite", 2)
     returned = []
     with pytest.raises(StoreFullError), store.batch():
         for path in sources:
@@ -1258,17 +1248,7 @@ def test_many_small_contents_survive_short_writes_and_fill_several_packs(
 def test_a_full_disk_while_many_small_contents_are_written_keeps_only_whole_ones(
     store: ContentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = os.pwritev
-    calls = 0
-
-    def pwritev(fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "pwritev", pwritev)
+    disk_full_at_call(monkeypatch, "pwritev", 2)
     datas = [csv_bytes(2000, seed=900 + n) for n in range(1500)]  # over 1,024 buffers: two calls
     items = [(f"f{n}.csv", xxhash.xxh3_128_hexdigest(d), d) for n, d in enumerate(datas)]
     with pytest.raises(StoreFullError), store.batch():
