@@ -90,7 +90,7 @@ def cloud_event(
 
 
 def _json(value: BaseModel) -> bytes:
-    return value.__pydantic_serializer__.to_json(value, exclude_none=True)
+    return value.model_dump_json(exclude_none=True).encode()
 
 
 def _json_sizes(items: Sequence[BaseModel]) -> list[int]:
