@@ -1707,7 +1707,8 @@ class ContentStore:
     def prefetch(self, digests: Iterable[str]) -> None:
         """Look up where the contents of ``digests`` are in a few queries, before reading them all (restore)."""
         self.settle()
-        wanted = [_check_digest(d) for d in digests]
+        wanted = list(digests)
+        _check_digests(wanted)
         with self.backend.storing("a lookup"):
             self.backend.prefetch(wanted)
 

@@ -206,11 +206,9 @@ class Versioner:
                 return Outcome()  # no new commit marker: the writer has not finished
             dirty = None  # a job that writes a marker may rewrite anything: look at all of it
 
-        absent: set[str] = set()
         if dirty is None:
             found = dict(self.source.walk(self.filter, self._reject))
             known = self.catalog.current_states(self.row.id)
-            self._stat_known(found, known, absent)
             removed = [p for p in known if p not in found]
         else:
             found, absent = self.source.stat_paths([p for p in dirty if p not in listed], self.filter, self._reject)
@@ -220,6 +218,7 @@ class Versioner:
             )
             # Undecodable names were rejected above and can never be in the catalog.
             known = self.catalog.current_states(self.row.id, None if bulk else filter(is_utf8, dirty))
+            # A folder named in ``dirty`` is listed without its files' stats (Source.stat_paths).
             self._stat_known(found, known, absent)
             removed = [p for p in known if p not in found and _under_any(p, absent)]
 
